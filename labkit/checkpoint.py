@@ -1,0 +1,258 @@
+"""Write and check InternVL2 checkpoint folders in the official format.
+
+A folder that ``AutoModel.from_pretrained(path, trust_remote_code=True)`` loads holds:
+``config.json`` (with ``auto_map`` pointing at the remote-code files), the remote-code python
+files, ``model.safetensors`` (or shards + index), the tokenizer files and
+``generation_config.json``. labkit writes its tiny course model this way, and can write
+InternVL2-2B's real architecture with random weights (for GPU memory and speed measurements).
+
+CLI::
+
+    python -m labkit.checkpoint --tiny OUT_DIR            # the tiny course model, random weights
+    python -m labkit.checkpoint --config configs/internvl2-2b/config.json OUT_DIR
+    python -m labkit.checkpoint --check MODEL_DIR          # check a folder before loading it
+"""
+import argparse
+import json
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+
+import torch
+
+from labkit import model as model_code
+from labkit.tokenizer import course_texts, missing_tokens, train_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+INTERNVL2_2B_CONFIG = REPO_ROOT / "configs" / "internvl2-2b" / "config.json"
+AUTO_MAP = {
+    "AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
+    "AutoModel": "modeling_internvl_chat.InternVLChatModel",
+    "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel",
+}
+LABKIT_TEMPLATE = "internlm2-chat-xtuner"
+TINY_VOCAB = 1200
+
+
+class CheckpointError(ValueError):
+    """A model folder is missing something or holds something broken."""
+
+
+def tiny_config(vocab_size=TINY_VOCAB):
+    """The tiny course model: InternVL2-2B's algorithms at laptop size.
+
+    64 px tiles of 8 px patches give an 8x8 grid; pixel shuffle folds it to 4x4 = 16 image
+    tokens per tile (InternVL2-2B: 448/14 = 32x32 -> 256). Up to 6 tiles + a thumbnail.
+    """
+    config = json.loads(INTERNVL2_2B_CONFIG.read_text(encoding="utf-8"))
+    config.update(force_image_size=64, max_dynamic_patch=6, template=LABKIT_TEMPLATE)
+    config["vision_config"].update(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+        image_size=64, patch_size=8, initializer_factor=1.0,
+    )
+    config["llm_config"].update(
+        hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=352, vocab_size=vocab_size, max_position_embeddings=2048,
+    )
+    return config
+
+
+def load_config(path):
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: config file not found.") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err}); restore the file or rebuild the checkpoint.") from None
+
+
+def build_model(config, seed=0, dtype=torch.float32, device="cpu"):
+    """An InternVLChatModel with random weights from a config dict (seeded)."""
+    torch.manual_seed(seed)
+    chat_config = model_code.InternVLChatConfig(**config)
+    with torch.device(device):
+        model = model_code.InternVLChatModel(chat_config)
+    return model.to(dtype)
+
+
+def generation_config_dict(tokenizer):
+    stop = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|im_start|>")]
+    return {"eos_token_id": stop, "bos_token_id": tokenizer.bos_token_id, "pad_token_id": tokenizer.pad_token_id}
+
+
+def _prepare_out_dir(out_dir, overwrite):
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} already exists and is not empty; choose a new folder or pass overwrite=True "
+            "(--overwrite) to replace it."
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return out_dir, Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+
+
+def _publish(tmp_dir, out_dir):
+    """Swap the finished temp folder into place; the old folder goes only once the new one exists."""
+    if out_dir.exists():
+        trash = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(out_dir, trash)
+        os.replace(tmp_dir, out_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp_dir, out_dir)
+
+
+def finish_folder(folder, tokenizer):
+    """Make a saved model folder official: auto_map, remote code, tokenizer, generation config."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["architectures"] = ["InternVLChatModel"]
+    config["auto_map"] = dict(AUTO_MAP)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    code_dir = Path(model_code.__file__).parent
+    for name in model_code.REMOTE_CODE_FILES:
+        shutil.copyfile(code_dir / name, folder / name)
+    tokenizer.save_pretrained(folder)
+    gen = generation_config_dict(tokenizer)
+    (folder / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
+
+
+def write_checkpoint(out_dir, config=None, tokenizer=None, seed=0, dtype=torch.bfloat16, overwrite=False,
+                     max_shard_size="2GB", model=None):
+    """Write a complete official-format folder; atomically (temp folder, then rename)."""
+    tokenizer = tokenizer or train_tokenizer(course_texts(), vocab_size=TINY_VOCAB)
+    if missing_tokens(tokenizer):
+        raise CheckpointError(f"The tokenizer lacks the special tokens {missing_tokens(tokenizer)}.")
+    config = config or tiny_config(len(tokenizer))
+    vocab = config["llm_config"]["vocab_size"]
+    if len(tokenizer) > vocab:
+        raise CheckpointError(f"The tokenizer has {len(tokenizer)} tokens but llm_config.vocab_size is {vocab}.")
+    out_dir, tmp_dir = _prepare_out_dir(out_dir, overwrite)
+    try:
+        model = model if model is not None else build_model(config, seed=seed)
+        model = model.to(dtype)
+        model.config.torch_dtype = dtype
+        model.save_pretrained(tmp_dir, safe_serialization=True, max_shard_size=max_shard_size)
+        finish_folder(tmp_dir, tokenizer)
+        _publish(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return out_dir
+
+
+# -- checking a folder before anything loads it ---------------------------------------------
+def _check_safetensors(path):
+    """Header parses and the file is as long as the header says (catches truncation)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        raw = handle.read(8)
+        if len(raw) < 8:
+            raise CheckpointError(f"{path}: file is too short to be safetensors ({size} bytes); re-create it.")
+        header_len = struct.unpack("<Q", raw)[0]
+        if header_len > size - 8:
+            raise CheckpointError(f"{path}: the safetensors header is cut off; the file is truncated or corrupt.")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CheckpointError(f"{path}: the safetensors header is not valid JSON; the file is corrupt.") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end > size:
+        raise CheckpointError(
+            f"{path}: holds {size} bytes but its tensors need {8 + header_len + end}; the file is truncated "
+            "(an interrupted copy or download?). Copy or convert it again."
+        )
+    return [k for k in header if k != "__metadata__"]
+
+
+def check_model_folder(path):
+    """Check a checkpoint folder; raise CheckpointError naming the file or key that is wrong."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such model folder. Build one with `python -m labkit.checkpoint --tiny {folder}`.")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path}: missing; a model folder needs config.json.")
+    config = load_config(config_path)
+    for key in ("vision_config", "llm_config"):
+        if not isinstance(config.get(key), dict):
+            raise CheckpointError(f"{config_path}: key {key!r} is missing or not an object.")
+    arch = (config["llm_config"].get("architectures") or [None])[0]
+    if arch not in ("InternLM2ForCausalLM", "Phi3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM"):
+        raise CheckpointError(
+            f"{config_path}: llm_config.architectures[0] is {arch!r}; InternVL2 checkpoints use InternLM2ForCausalLM "
+            "(XTuner also accepts Phi3ForCausalLM)."
+        )
+    for cls_path in (config.get("auto_map") or {}).values():
+        module_file = folder / (cls_path.split(".")[0] + ".py")
+        if not module_file.is_file():
+            raise CheckpointError(f"{module_file}: missing, but config.json's auto_map points at it.")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(load_config(index)["weight_map"].values()))
+    elif (folder / "model.safetensors").is_file():
+        shards = ["model.safetensors"]
+    else:
+        raise CheckpointError(f"{folder}: no model.safetensors (or model.safetensors.index.json) found.")
+    for shard in shards:
+        if not (folder / shard).is_file():
+            raise CheckpointError(f"{folder / shard}: missing, but the safetensors index lists it.")
+        _check_safetensors(folder / shard)
+    tok_config = folder / "tokenizer_config.json"
+    if not tok_config.is_file():
+        raise CheckpointError(f"{tok_config}: missing; the folder needs its tokenizer.")
+    load_config(tok_config)
+    return config
+
+
+def check_tokenizer(tokenizer, where="the tokenizer"):
+    missing = missing_tokens(tokenizer)
+    if missing:
+        raise CheckpointError(
+            f"{where} lacks the special token(s) {', '.join(missing)}; an InternVL2 tokenizer needs them by name."
+        )
+
+
+def load_checkpoint(path, dtype=torch.float32, device="cpu"):
+    """Check, then load (model, tokenizer) with transformers' Auto classes and remote code.
+
+    ``trust_remote_code`` runs the python files inside ``path``: only pass folders you built or
+    trust (labkit's own, or OpenGVLab's InternVL2 download).
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    check_model_folder(path)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=True)
+    check_tokenizer(tokenizer, f"{Path(path) / 'tokenizer_config.json'}")
+    model = AutoModel.from_pretrained(str(path), trust_remote_code=True, torch_dtype=dtype).to(device).eval()
+    model.img_context_token_id = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    return model, tokenizer
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m labkit.checkpoint", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", help="folder to write (or to check, with --check)")
+    parser.add_argument("--tiny", action="store_true", help="write the tiny course model")
+    parser.add_argument("--config", help="write this config.json's architecture (e.g. configs/internvl2-2b/config.json)")
+    parser.add_argument("--check", action="store_true", help="only check an existing folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    if args.check:
+        check_model_folder(args.out_dir)
+        print(f"{args.out_dir}: looks like a complete InternVL2 checkpoint.")
+        return 0
+    if args.tiny == bool(args.config):
+        parser.error("give exactly one of --tiny or --config")
+    config = load_config(args.config) if args.config else None
+    out = write_checkpoint(args.out_dir, config=config, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
