@@ -2,13 +2,13 @@
 
 A fine-tune that runs out of memory after ten minutes of loading wastes a lab session. This
 module adds up, from the checkpoint's ``config.json`` and your training settings, what the
-GPU has to hold at the worst moment of a training step, and says whether it fits a card.
+GPU has to hold at the worst moment of a training step, and says whether it fits a card::
 
-    >>> from labkit import plan
-    >>> p = plan.estimate("configs/internvl2-2b/config.json", method="lora", batch_size=4)
-    >>> print(p)                                  # a table: weights, optimizer, activations...
-    >>> plan.fits(p, "A100 80GB x 30%")           # does not fit: needs ~24 GiB of 21.6 usable
-    >>> plan.recommend("configs/internvl2-2b/config.json", "24GB", effective_batch=8)
+    from labkit import plan
+    p = plan.estimate("configs/internvl2-2b/config.json", method="lora", batch_size=4)
+    print(p)                                  # a table: weights, optimizer, activations...
+    plan.fits(p, "A100 80GB x 30%")           # does not fit: needs ~24 GiB of 21.6 usable
+    plan.recommend("configs/internvl2-2b/config.json", "24GB", effective_batch=8)
 
 What sits in GPU memory during one training step
 ------------------------------------------------
@@ -32,7 +32,8 @@ What sits in GPU memory during one training step
 4. **Logits** - the output head turns every position into ``vocab_size`` scores. XTuner and
    transformers compute them for every token (92,553 per token for InternVL2-2B): bf16
    logits, the fp32 upcast used by the cross-entropy loss and its fp32 gradient. For 3,418
-   tokens that is 0.6 + 1.2 + 1.2 GiB per sample - the largest single item. ``lean_logits``
+   tokens that is 0.6 + 1.2 + 1.2 GiB per sample - the largest thing that grows with the
+   batch. ``lean_logits``
    computes logits only at the supervised (answer) positions, which removes almost all of it.
    Gradients of the trainable parameters are created during backward, after the logits have
    been freed, so the planner counts ``max(logits, gradients)``, not both.
@@ -44,12 +45,15 @@ Peak = weights + optimizer + activations + max(logits, gradients) + overhead.
 Calibration
 -----------
 The model above is first principles except three constants, gathered in ``CALIBRATION``:
-the bytes one logit really costs (nominally 2 + 4 + 4 = 10), a scale on the activation count
-(the backward pass needs temporary gradient buffers and the caching allocator rounds and
-fragments, so real activations exceed the tensors we list), and the CUDA context. They were
-fitted to ``MEASURED_ANCHORS``: peaks measured on an H200 for an InternVL2-2B-sized model,
-LoRA r=128 on every LLM Linear, bf16, gradient checkpointing, 13 tiles = 3,418 tokens per
-sample. Re-measure and refit with ``fit_calibration`` when better numbers arrive.
+the bytes one logit really costs (nominally 2 + 4 + 4 = 10; fitted 9.5), a scale on the
+activation count (the backward pass needs temporary gradient buffers and the caching allocator
+rounds blocks, so real activations exceed the tensors we list; fitted 1.53), and the CUDA
+context (0.5 GiB, assumed). The two fitted ones come from ``MEASURED_ANCHORS``: peaks measured
+on an H200 for an InternVL2-2B-sized model, LoRA r=128 on every LLM Linear, bf16, gradient
+checkpointing, 13 tiles = 3,418 tokens per sample. Those peaks extrapolate to ~5.4 GiB at
+batch 0 - no more than weights + optimizer - so they are allocator figures without the CUDA
+context; the fit compares them with the plan minus the context, and predictions sit up to
+0.6 GiB above them, on the safe side. Re-measure and refit with ``fit_calibration``.
 """
 
 from __future__ import annotations
