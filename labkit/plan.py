@@ -306,7 +306,11 @@ class PlanSettings:
     lean_logits: bool = False  # logits + loss only at supervised positions
 
     def targets(self) -> tuple[str, ...]:
-        return LLM_LINEARS if self.lora_targets == "all" else tuple(self.lora_targets)
+        if self.lora_targets == "all":
+            return LLM_LINEARS
+        if isinstance(self.lora_targets, str):
+            return (self.lora_targets,)
+        return tuple(self.lora_targets)
 
 
 SETTING_NAMES = tuple(f.name for f in fields(PlanSettings))
@@ -342,7 +346,7 @@ def make_settings(shape: ModelShape, **settings) -> PlanSettings:
         hint=f"This model cuts an image into at most {shape.max_tiles} tiles "
         "(max_dynamic_patch plus the thumbnail).",
     )
-    _whole("text_tokens", s.text_tokens, 0)
+    _whole("text_tokens", s.text_tokens, 1, hint="Count the prompt and the answer.")
     supervised = s.text_tokens if s.supervised_tokens is None else s.supervised_tokens
     _whole("supervised_tokens", supervised, 1, max(1, s.text_tokens),
            hint="Supervised tokens are the answer's tokens, part of text_tokens.")
@@ -357,7 +361,7 @@ def make_settings(shape: ModelShape, **settings) -> PlanSettings:
                 f"unknown lora target {bad[0] if bad else targets!r}: use 'all' or a subset of "
                 f"{', '.join(LLM_LINEARS)} (the Linears of an InternLM2 layer)."
             )
-    if s.dtype.lower() not in ("bf16", "bfloat16", "fp16", "float16"):
+    if str(s.dtype).lower() not in ("bf16", "bfloat16", "fp16", "float16"):
         raise ValueError(f"dtype {s.dtype!r} is not planned for: train in 'bf16' (or 'fp16').")
     for name in ("lora_dropout", "gradient_checkpointing", "freeze_vision", "train_projector",
                  "lean_logits"):

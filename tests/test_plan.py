@@ -185,6 +185,8 @@ def test_settings_move_memory_the_right_way():
     assert fewer_tiles.sequence_length == 5 * 256 + 90 and fewer_tiles.total < base.total
     smaller_rank = plan.estimate(SECTION_2, batch_size=2, lora_rank=8)
     assert smaller_rank.optimizer < base.optimizer / 10
+    mlp_only = plan.estimate(SECTION_2, batch_size=2, lora_targets=("w1", "w3", "w2"))
+    assert base.optimizer > mlp_only.optimizer > base.optimizer / 2
 
 
 def test_table_lists_the_parts_and_adds_up():
@@ -215,6 +217,8 @@ def test_truncation_is_reported():
     (dict(tiles=14), "tiles .* between 1 and 13, got 14"),
     (dict(batchsize=4), "unknown setting 'batchsize'. Did you mean 'batch_size'"),
     (dict(lora_targets=["wq"]), "unknown lora target 'wq'"),
+    (dict(lora_targets="wq"), "unknown lora target 'wq'"),
+    (dict(text_tokens=0), "text_tokens .* got 0"),
     (dict(zero_stage=4), "zero_stage .* got 4"),
     (dict(num_gpus=0), "num_gpus .* got 0"),
     (dict(dtype="fp32"), "dtype 'fp32'"),
