@@ -53,7 +53,7 @@ on an H200 for an InternVL2-2B-sized model, LoRA r=128 on every LLM Linear, bf16
 checkpointing, 13 tiles = 3,418 tokens per sample. Those peaks extrapolate to ~5.4 GiB at
 batch 0 - no more than weights + optimizer - so they are allocator figures without the CUDA
 context; the fit compares them with the plan minus the context, and predictions sit up to
-0.6 GiB above them, on the safe side. Re-measure and refit with ``fit_calibration``.
+0.7 GiB above them, on the safe side. Re-measure and refit with ``fit_calibration``.
 """
 
 from __future__ import annotations
