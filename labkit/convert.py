@@ -106,6 +106,31 @@ def _lora_settings(value, key, config_path):
     return settings
 
 
+def _is_xtuner_internvl(kind):
+    """XTuner's InternVL_V1_5, or a class built on it (the ``.pth`` layout is the same)."""
+    if isinstance(kind, type):
+        return any(cls.__name__ == "InternVL_V1_5" for cls in kind.__mro__)
+    return str(kind).rsplit(".", 1)[-1] in ("InternVL_V1_5", "LeanInternVL")
+
+
+def _find_model_folder(model_path, config_path):
+    """``model_path`` as XTuner read it (from the current folder); if absent there, from the repo root.
+
+    Rendered course configs name folders relative to the repo root (``runs/cache/base-tiny``),
+    while a notebook may run in a subfolder.
+    """
+    given = Path(model_path).expanduser()
+    candidates = [given] if given.is_absolute() else [given, REPO_ROOT / given]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    raise ConversionError(
+        f"{config_path}: model_path {model_path!r} is not a folder on this machine (looked in "
+        f"{', '.join(str(c) for c in candidates)}). labkit never downloads models: point model_path at the "
+        "local base checkpoint the fine-tune started from."
+    )
+
+
 def read_train_setup(config_path):
     """Read an XTuner config (a python file) with mmengine and return its ``TrainSetup``."""
     from mmengine.config import Config
@@ -120,17 +145,12 @@ def read_train_setup(config_path):
     model_cfg = cfg.get("model")
     if not model_cfg or "model_path" not in model_cfg:
         raise ConversionError(f"{config_path}: has no model = dict(type=InternVL_V1_5, model_path=...) section.")
-    kind = model_cfg.get("type")
-    kind_name = getattr(kind, "__name__", str(kind)).rsplit(".", 1)[-1]
-    if kind_name != "InternVL_V1_5":
-        raise ConversionError(f"{config_path}: model type is {kind_name}; labkit converts XTuner's InternVL_V1_5 only.")
-    model_path = Path(str(model_cfg["model_path"])).expanduser()
-    if not model_path.is_dir():
+    if not _is_xtuner_internvl(model_cfg.get("type")):
         raise ConversionError(
-            f"{config_path}: model_path {str(model_cfg['model_path'])!r} is not a folder on this machine "
-            "(relative paths count from the current directory, as in XTuner). labkit never downloads "
-            "models: point model_path at the local base checkpoint the fine-tune started from."
+            f"{config_path}: model type is {model_cfg.get('type')!r}; labkit converts XTuner's InternVL_V1_5 "
+            "(and subclasses such as labkit.lean.LeanInternVL) only."
         )
+    model_path = _find_model_folder(str(model_cfg["model_path"]), config_path)
     pretrained = model_cfg.get("pretrained_pth")
     return TrainSetup(
         config_path=config_path,
