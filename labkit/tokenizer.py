@@ -24,9 +24,9 @@ REQUIRED_TOKENS = ("<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEX
 CHAT_TEMPLATE = (
     "{% set sys = 'You are an AI assistant whose name is InternLM (书生·浦语).' %}"
     "{% for m in messages %}{% if m['role'] == 'system' %}{% set sys = m['content'] %}{% endif %}{% endfor %}"
-    "{{ bos_token }}<|im_start|>system\n{{ sys }}<|im_end|>\n"
+    "{{ bos_token }}<|im_start|>system\n{{ sys }}<|im_end|>"
     "{% for m in messages %}"
-    "{% if m['role'] == 'user' %}<|im_start|>user\n{{ m['content'] }}<|im_end|>\n<|im_start|>assistant\n"
+    "{% if m['role'] == 'user' %}<|im_start|>user\n{{ m['content'] }}<|im_end|><|im_start|>assistant\n"
     "{% elif m['role'] == 'assistant' %}{{ m['content'] }}<|im_end|>{% endif %}"
     "{% endfor %}"
 )

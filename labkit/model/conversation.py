@@ -1,11 +1,12 @@
 """Chat templates: how a conversation becomes the one string the model reads.
 
-Two layouts of InternLM2's ChatML-style turns exist in this course, and they differ:
+Two templates of InternLM2's ChatML-style turns exist in this course; they differ in the system prompt:
 
 * ``internlm2-chat`` - InternVL2's own ``chat()`` layout: no newline after ``<|im_end|>`` and a
   Chinese system prompt introducing the model as 书生多模态大模型.
-* ``internlm2-chat-xtuner`` - what XTuner's InternVL dataset trains on: a newline after each
-  ``<|im_end|>`` that closes a system or user turn, and XTuner's English system prompt.
+* ``internlm2-chat-xtuner`` - what XTuner's InternVL dataset trains on: the same layout (XTuner
+  removes the newlines its plain ``internlm2_chat`` template puts after ``<|im_end|>``) with
+  XTuner's English system prompt instead.
 
 A model answers best in the layout it was trained with, so labkit-built checkpoints name
 ``internlm2-chat-xtuner`` in ``config.json`` and every labkit engine uses it end to end.
@@ -57,8 +58,8 @@ TEMPLATES = {
     ),
     "internlm2-chat-xtuner": Conversation(
         name="internlm2-chat-xtuner",
-        system_template="<|im_start|>system\n{system}<|im_end|>\n",
-        user_template="<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n",
+        system_template="<|im_start|>system\n{system}<|im_end|>",
+        user_template="<|im_start|>user\n{query}<|im_end|><|im_start|>assistant\n",
         answer_template="{answer}<|im_end|>",
         system_message=XTUNER_SYSTEM,
     ),
