@@ -204,9 +204,11 @@ def _allowed_stand_ins(names):
 
 
 def _state_dict_of(data, path):
-    """The weights inside a loaded checkpoint: its ``state_dict``, or the dict itself."""
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+    """The weights inside a loaded checkpoint: its ``state_dict``, or a bare dict of tensors."""
+    if isinstance(data, dict) and "state_dict" in data:
         data = data["state_dict"]
+    elif not (isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values())):
+        data = None
     if not isinstance(data, dict) or not data:
         raise ConversionError(
             f"{path}: holds no weights (expected a dict with a 'state_dict' of tensors, as XTuner/mmengine "
