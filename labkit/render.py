@@ -1,0 +1,746 @@
+"""A procedural food painter: turns a dish's `Look` (labkit.dishes) into varied pictures.
+
+Why pictures are drawn rather than downloaded: the course runs offline on a laptop, and a tiny
+vision model needs a few hundred clean, labelled pictures whose content we control. Each dish
+keeps a strong signature - its dominant colours, its piece shape and its arrangement - while
+everything else varies from picture to picture:
+
+    table colour/texture, plate colour, lighting, number of pieces, their position, size and
+    rotation, the picture's size and aspect ratio (1:3 ... 3:1), blur and sensor noise.
+
+The aspect ratios are chosen so that InternVL's dynamic tiling (64 px tiles in the CPU course)
+cuts a picture into 1, 2, 3, 4 or 6 tiles. Containers that are round (steamers, round plates,
+bowls) are repeated along a long picture, and long containers stretch, so every tile still shows
+the dish.
+
+Determinism: the same (dish, seed) gives the same pixels, hence the same JPEG bytes. All random
+choices come from one numpy Generator seeded from a hash of the dish key and the seed.
+
+Drawing happens at `SUPERSAMPLE` times the final size and is then reduced, which smooths edges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from labkit.dishes import DISHES, Dish, Look, get_dish
+
+SUPERSAMPLE = 3
+JPEG_QUALITY = 90
+# (width, height) ratios a picture may have; (1, 1) is listed twice so squares are common.
+ASPECTS = ((1, 3), (1, 2), (2, 3), (1, 1), (1, 1), (3, 2), (2, 1), (3, 1))
+SHORT_SIDE = (64, 160)  # shorter side in pixels, before the long-side cap
+LONG_SIDE_MAX = 400
+
+# Table colours: browns, greys and muted blues - never red or green, which are dish signatures.
+TABLE_COLORS = (
+    (196, 160, 118), (150, 105, 70), (105, 72, 48), (170, 170, 165), (120, 122, 125),
+    (70, 72, 78), (225, 215, 195), (235, 232, 225), (120, 140, 165), (180, 175, 150),
+)
+PLATE_COLORS = ((250, 250, 248), (245, 240, 228), (236, 238, 240), (250, 246, 238))
+RIM_COLORS = ((60, 90, 160), (180, 150, 90), (150, 150, 150))
+BAMBOO = (205, 165, 105)
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def _rotate(points: np.ndarray, cx: float, cy: float, angle: float) -> list[tuple[float, float]]:
+    """Rotate local (x, y) points by `angle` radians and move them to (cx, cy)."""
+    c, s = math.cos(angle), math.sin(angle)
+    x, y = points[:, 0], points[:, 1]
+    return list(zip((cx + c * x - s * y).tolist(), (cy + s * x + c * y).tolist()))
+
+
+def _ellipse(rx: float, ry: float, n: int = 48, wobble=None) -> np.ndarray:
+    """Points of an ellipse; `wobble(t)` (optional) scales the radius at angle t."""
+    t = np.linspace(0, 2 * math.pi, n, endpoint=False)
+    r = 1.0 if wobble is None else wobble(t)
+    return np.stack([rx * r * np.cos(t), ry * r * np.sin(t)], axis=1)
+
+
+def _capsule(length: float, width: float, n: int = 16) -> np.ndarray:
+    """A rectangle with round ends, centred, long along x."""
+    r = width / 2
+    half = max(length / 2 - r, 0)
+    right = np.linspace(-math.pi / 2, math.pi / 2, n)
+    left = right + math.pi
+    pts = [(half + r * math.cos(t), r * math.sin(t)) for t in right]
+    pts += [(-half + r * math.cos(t), r * math.sin(t)) for t in left]
+    return np.array(pts)
+
+
+def _rounded_rect(w: float, h: float, radius: float, n: int = 6) -> np.ndarray:
+    """A w x h rectangle with rounded corners, centred."""
+    radius = min(radius, w / 2, h / 2)
+    pts = []
+    corners = ((w / 2 - radius, h / 2 - radius, 0), (-w / 2 + radius, h / 2 - radius, 90),
+               (-w / 2 + radius, -h / 2 + radius, 180), (w / 2 - radius, -h / 2 + radius, 270))
+    for cx, cy, start in corners:
+        for k in range(n + 1):
+            t = math.radians(start + 90 * k / n)
+            pts.append((cx + radius * math.cos(t), cy + radius * math.sin(t)))
+    return np.array(pts)
+
+
+# ----------------------------------------------------------------------------- colour
+
+
+def _shade(color, factor: float, alpha: int | None = None) -> tuple[int, ...]:
+    """Scale a colour's brightness (factor < 1 darker); optionally add an alpha value."""
+    rgb = tuple(int(max(0, min(255, round(c * factor)))) for c in color[:3])
+    return rgb if alpha is None else rgb + (alpha,)
+
+
+def _jitter(rng: np.random.Generator, color, amount: float = 0.06) -> tuple[int, int, int]:
+    """A colour nudged by a small random brightness and per-channel change."""
+    scale = 1 + rng.uniform(-amount, amount)
+    return tuple(int(max(0, min(255, c * scale + rng.uniform(-8, 8)))) for c in color[:3])
+
+
+# ----------------------------------------------------------------------------- the canvas
+
+
+@dataclass
+class Canvas:
+    """What every painter draws on: the supersampled image, its RGBA-blending pen and the rng."""
+
+    image: Image.Image
+    draw: ImageDraw.ImageDraw
+    rng: np.random.Generator
+    px: float  # one final-image pixel, in supersampled units (line widths scale with it)
+
+    def poly(self, local: np.ndarray, cx: float, cy: float, angle: float, fill, outline=None,
+             width: float = 1.0) -> None:
+        """Fill a polygon given in local coordinates."""
+        pts = _rotate(local, cx, cy, angle)
+        self.draw.polygon(pts, fill=fill)
+        if outline is not None:
+            self.draw.line(pts + pts[:1], fill=outline, width=max(1, round(width * self.px)),
+                           joint="curve")
+
+    def line(self, local: np.ndarray, cx: float, cy: float, angle: float, fill,
+             width: float = 1.0) -> None:
+        """Draw a polyline given in local coordinates; `width` is in final pixels."""
+        self.draw.line(_rotate(local, cx, cy, angle), fill=fill,
+                       width=max(1, round(width * self.px)), joint="curve")
+
+    def dot(self, x: float, y: float, r: float, fill) -> None:
+        """A small filled circle."""
+        self.draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+
+
+# ----------------------------------------------------------------------------- pieces
+# Every painter draws one piece centred at (x, y), w wide along its own axis, h tall across it,
+# turned by `angle` radians. Colours come from the dish's Look: c1 main, c2 second, c3 accent.
+
+
+def _paint_roll(cv: Canvas, look: Look, x, y, w, h, angle) -> None:
+    """肠粉-style rice-noodle roll: a long glossy white capsule with a faint pink filling."""
+    c1, c2, c3 = (_jitter(cv.rng, c, 0.03) for c in look.colors)
+    cv.poly(_capsule(w, h), x, y + 0.1 * h, angle, fill=(60, 30, 10, 70))  # shadow
+    cv.poly(_capsule(w, h), x, y, angle, fill=c1, outline=_shade(c1, 0.8), width=1.0)
+    cv.poly(_capsule(w * 0.9, h * 0.4) + [0, 0.08 * h], x, y, angle, fill=c2 + (150,))
+    cv.line(np.array([[-0.42 * w, -0.18 * h], [0.42 * w, -0.18 * h]]), x, y, angle,
+            fill=_shade(c1, 0.86), width=1.0)
+    for k in np.linspace(-0.4, 0.4, 5) + cv.rng.uniform(-0.04, 0.04):  # soft folds
+        cv.line(np.array([[k * w, -0.45 * h], [k * w + 0.03 * w, 0.45 * h]]), x, y, angle,
+                fill=_shade(c1, 0.9, 120), width=0.8)
+    cv.poly(_capsule(w * 0.8, h * 0.1) + [0, -0.3 * h], x, y, angle, fill=c3 + (200,))
+
+
+def _paint_slice(cv: Canvas, look: Look, x, y, w, h, angle) -> None:
+    """叉烧-style slice: a red-rimmed rectangle with a pink-brown inside and charred spots."""
+    c1, c2, c3 = (_jitter(cv.rng, c, 0.05) for c in look.colors)
+    body = _rounded_rect(w, h, 0.2 * w) * cv.rng.uniform(0.95, 1.05, size=(1, 2))
+    cv.poly(body + [0.08 * w, 0.05 * w], x, y, angle, fill=(40, 10, 5, 90))  # shadow
+    cv.poly(body, x, y, angle, fill=c1, outline=c3, width=1.0)
+    cv.poly(_rounded_rect(w * 0.55, h * 0.8, 0.15 * w), x, y, angle, fill=c2)
+    for _ in range(3):
+        sx, sy = cv.rng.uniform(-0.4, 0.4) * w, cv.rng.uniform(-0.45, 0.45) * h
+        cv.poly(_ellipse(0.1 * w, 0.06 * h, 10) + [sx, sy], x, y, angle, fill=c3 + (170,))
+    cv.poly(_ellipse(0.08 * w, 0.3 * h, 12) + [-0.25 * w, 0], x, y, angle, fill=(255, 200, 190, 90))
+
+
+def _paint_crescent(cv: Canvas, look: Look, x, y, w, h, angle) -> None:
+    """虾饺-style dumpling: a translucent half-moon with a pink shrimp inside and a pleated top."""
+    c1, c2, c3 = (_jitter(cv.rng, c, 0.04) for c in look.colors)
+    t = np.linspace(math.pi, 2 * math.pi, 40)
+    bump = 1 + 0.05 * np.abs(np.sin(9 * t))
+    dome = np.stack([0.5 * w * bump * np.cos(t), 0.9 * h * bump * np.sin(t) + 0.35 * h], axis=1)
+    base = np.array([[0.5 * w, 0.35 * h], [0.3 * w, 0.45 * h], [-0.3 * w, 0.45 * h]])
+    shape = np.concatenate([dome, base])
+    cv.poly(shape + [0, 0.08 * h], x, y, angle, fill=(50, 35, 20, 90))
+    cv.poly(shape, x, y, angle, fill=c1 + (235,), outline=_shade(c1, 0.78), width=1.0)
+    cv.poly(_ellipse(0.28 * w, 0.25 * h, 20) + [0, 0.0], x, y, angle, fill=c2 + (170,))
+    cv.poly(_ellipse(0.12 * w, 0.12 * h, 12) + [0.08 * w, -0.05 * h], x, y, angle,
+            fill=_shade(c2, 0.85, 150))
+    for k in range(-3, 4):
+        tt = math.pi * 1.5 + k * 0.28
+        p0 = [0.5 * w * math.cos(tt), 0.9 * h * math.sin(tt) + 0.35 * h]
+        cv.line(np.array([p0, [p0[0] * 0.8, p0[1] * 0.7 + 0.1 * h]]), x, y, angle,
+                fill=_shade(c1, 0.8), width=0.8)
+    cv.poly(_ellipse(0.12 * w, 0.06 * h, 10) + [-0.15 * w, -0.35 * h], x, y, angle,
+            fill=c3 + (200,))
+
+
+def _paint_open_cup(cv: Canvas, look: Look, x, y, w, h, angle) -> None:
+    """烧卖-style: seen from above, a frilly yellow ring around pink meat and an orange dot."""
+    c1, c2, c3 = (_jitter(cv.rng, c, 0.05) for c in look.colors)
+    r = w / 2
+    phase = cv.rng.uniform(0, 6.3)
+    frill = _ellipse(r, r, 60, lambda t: 1 + 0.08 * np.sin(12 * t + phase))
+    cv.poly(frill + [0.08 * r, 0.12 * r], x, y, angle, fill=(50, 35, 20, 100))
+    cv.poly(frill, x, y, angle, fill=c1, outline=c3, width=1.0)
+    cv.poly(_ellipse(0.66 * r, 0.66 * r, 30), x, y, angle, fill=(222, 160, 125),
+            outline=_shade(c1, 0.8), width=0.8)
+    cv.poly(_ellipse(0.3 * r, 0.3 * r, 20, lambda t: 1 + 0.12 * np.sin(5 * t)), x, y, angle,
+            fill=c2)
+    cv.poly(_ellipse(0.12 * r, 0.1 * r, 10) + [-0.45 * r, -0.45 * r], x, y, angle,
+            fill=(255, 240, 180, 160))
+
+
+def _paint_tart(cv: Canvas, look: Look, x, y, w, h, angle) -> None:
+    """蛋挞-style tart: a fluted golden crust ring around bright yellow custard with caramel spots."""
+    c1, c2, c3 = (_jitter(cv.rng, c, 0.05) for c in look.colors)
+    r = w / 2
+    crust = _ellipse(r, r, 72, lambda t: 1 + 0.06 * np.abs(np.cos(9 * t)))
+    cv.poly(crust + [0.1 * r, 0.12 * r], x, y, angle, fill=(30, 20, 10, 110))
+    cv.poly(crust, x, y, angle, fill=c2, outline=_shade(c2, 0.7), width=1.0)
+    cv.poly(_ellipse(0.76 * r, 0.76 * r, 40), x, y, angle, fill=c1, outline=_shade(c2, 0.8),
+            width=0.8)
+    for _ in range(int(cv.rng.integers(2, 6))):
+        sx, sy = cv.rng.uniform(-0.45, 0.45, size=2) * r
+        rr = cv.rng.uniform(0.06, 0.14) * r
+        cv.poly(_ellipse(rr, rr * 0.8, 12) + [sx, sy], x, y, angle, fill=c3 + (150,))
+    cv.poly(_ellipse(0.25 * r, 0.12 * r, 14) + [-0.25 * r, -0.35 * r], x, y, angle,
+            fill=(255, 250, 220, 150))
+
+
+def _paint_bun(cv: Canvas, look: Look, x, y, w, h, angle) -> None:
+    """叉烧包-style bun: a big fluffy white dome split open on top to show red filling."""
+    c1, c2, c3 = (_jitter(cv.rng, c, 0.03) for c in look.colors)
+    r = w / 2
+    body = _ellipse(r, r * 0.95, 48, lambda t: 1 + 0.03 * np.sin(5 * t))
+    cv.poly(body + [0.08 * r, 0.12 * r], x, y, angle, fill=(40, 30, 20, 110))
+    cv.poly(body, x, y, angle, fill=c3, outline=_shade(c3, 0.85), width=0.8)
+    cv.poly(body * 0.82 + [-0.05 * r, -0.05 * r], x, y, angle, fill=c1)
+    splits = int(cv.rng.integers(3, 5))
+    for k in range(splits):
+        a = 2 * math.pi * k / splits + cv.rng.uniform(-0.2, 0.2)
+        tip = 0.62 * r
+        wedge = np.array([[0, 0], [tip * math.cos(a - 0.28), tip * math.sin(a - 0.28)],
+                          [1.05 * tip * math.cos(a), 1.05 * tip * math.sin(a)],
+                          [tip * math.cos(a + 0.28), tip * math.sin(a + 0.28)]])
+        cv.poly(wedge, x, y, angle, fill=c2, outline=_shade(c2, 0.6), width=0.6)
+
+
+def _paint_pleated_bun(cv: Canvas, look: Look, x, y, w, h, angle) -> None:
+    """小笼包-style: a small ivory bun with many thin pleats twisting into a knot on top."""
+    c1, c2, c3 = (_jitter(cv.rng, c, 0.03) for c in look.colors)
+    r = w / 2
+    cv.poly(_ellipse(r, r, 40) + [0.08 * r, 0.12 * r], x, y, angle, fill=(40, 30, 20, 110))
+    cv.poly(_ellipse(r, r, 40), x, y, angle, fill=c1, outline=_shade(c2, 0.9), width=0.8)
+    pleats = 12
+    rho = np.linspace(0.92, 0.15, 8)
+    for k in range(pleats):
+        theta = 2 * math.pi * k / pleats + 1.1 * (1 - rho)
+        curve = np.stack([r * rho * np.cos(theta), r * rho * np.sin(theta)], axis=1)
+        cv.line(curve, x, y, angle, fill=c2 + (200,), width=0.9)
+    cv.poly(_ellipse(0.14 * r, 0.14 * r, 12), x, y, angle, fill=c3, outline=c2, width=0.6)
+
+
+def _paint_claw(cv: Canvas, look: Look, x, y, w, h, angle) -> None:
+    """凤爪-style chicken foot: an orange-red palm with three long wrinkled toes."""
+    c1, c2, c3 = (_jitter(cv.rng, c, 0.06) for c in look.colors)
+    shapes = []
+    for spread in (-0.45, 0.0, 0.45):
+        toe = _capsule(0.55 * h, 0.17 * w, 10)
+        a = -math.pi / 2 + spread + cv.rng.uniform(-0.1, 0.1)
+        rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+        shapes.append(toe @ rot.T + [0.3 * h * math.cos(a), 0.3 * h * math.sin(a) + 0.1 * h])
+    shapes.append(_capsule(0.4 * h, 0.2 * w, 10) @ np.array([[0, 1], [-1, 0]]) + [0, 0.32 * h])
+    shapes.append(_ellipse(0.26 * w, 0.2 * h, 20) + [0, 0.1 * h])
+    for shape in shapes:
+        cv.poly(shape + [0.05 * w, 0.06 * h], x, y, angle, fill=(40, 15, 5, 80))
+    for shape in shapes:
+        cv.poly(shape, x, y, angle, fill=c1, outline=c2, width=0.8)
+    for _ in range(5):
+        sx, sy = cv.rng.uniform(-0.25, 0.25) * w, cv.rng.uniform(-0.3, 0.2) * h
+        cv.line(np.array([[sx - 0.06 * w, sy], [sx + 0.06 * w, sy + 0.02 * h]]), x, y, angle,
+                fill=c2, width=0.7)
+    cv.poly(_ellipse(0.08 * w, 0.05 * h, 10) + [-0.05 * w, 0.05 * h], x, y, angle,
+            fill=c3 + (170,))
+
+
+def _paint_skewer(cv: Canvas, look: Look, x, y, w, h, angle) -> None:
+    """糖葫芦: a wooden stick threaded with glossy red haws, each with a bright sugar glint."""
+    c1, c2, c3 = (_jitter(cv.rng, c, 0.04) for c in look.colors)
+    cv.poly(_capsule(w, 0.13 * h), x, y + 0.1 * h, angle, fill=(40, 20, 10, 70))
+    cv.poly(_capsule(w, 0.13 * h), x, y, angle, fill=c2, outline=_shade(c2, 0.7), width=0.6)
+    r = h / 2
+    start, stop = -0.5 * w + 0.3 * w, 0.5 * w - r * 1.05
+    n = max(2, int((stop - start) / (1.9 * r)) + 1)
+    for bx in np.linspace(start, stop, n):
+        rr = r * cv.rng.uniform(0.9, 1.05)
+        cv.poly(_ellipse(rr, rr, 28) + [bx + 0.08 * rr, 0.14 * rr], x, y, angle,
+                fill=(40, 10, 10, 90))
+        cv.poly(_ellipse(rr, rr, 28) + [bx, 0], x, y, angle, fill=c1, outline=_shade(c1, 0.6),
+                width=0.8)
+        cv.poly(_ellipse(0.35 * rr, 0.22 * rr, 12) + [bx - 0.3 * rr, -0.4 * rr], x, y, 0.0 + angle,
+                fill=c3 + (230,))
+        cv.poly(_ellipse(1.08 * rr, 1.08 * rr, 28) + [bx, 0], x, y, angle, fill=(255, 220, 220, 35))
+
+
+def _paint_mooncake(cv: Canvas, look: Look, x, y, w, h, angle) -> None:
+    """月饼: a golden-brown scalloped disc with an embossed flower pattern; sometimes cut open."""
+    c1, c2, c3 = (_jitter(cv.rng, c, 0.05) for c in look.colors)
+    r = w / 2
+    body = _ellipse(r, r, 72, lambda t: 1 + 0.05 * np.abs(np.cos(6 * t)))
+    cv.poly(body + [0.06 * r, 0.09 * r], x, y, angle, fill=(30, 15, 5, 120))
+    cv.poly(body, x, y, angle, fill=c1, outline=c2, width=1.2)
+    cv.poly(_ellipse(0.72 * r, 0.72 * r, 48), x, y, angle, fill=_shade(c1, 1.08),
+            outline=c2, width=1.0)
+    for k in range(8):
+        a = math.pi * k / 4
+        petal = _ellipse(0.16 * r, 0.07 * r, 12)
+        rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+        cv.poly(petal @ rot.T + [0.45 * r * math.cos(a), 0.45 * r * math.sin(a)], x, y, angle,
+                fill=_shade(c1, 0.8), outline=c2, width=0.6)
+    cv.poly(_rounded_rect(0.34 * r, 0.34 * r, 0.05 * r), x, y, angle, fill=_shade(c1, 0.85),
+            outline=c2, width=0.8)
+    if cv.rng.random() < 0.4:  # cut open: a wedge of lotus paste with a salted yolk
+        a0 = cv.rng.uniform(0, 2 * math.pi)
+        t = np.linspace(a0, a0 + 1.3, 16)
+        wedge = np.concatenate([[[0, 0]], np.stack([r * np.cos(t), r * np.sin(t)], axis=1)])
+        cv.poly(wedge, x, y, angle, fill=(226, 186, 118), outline=c2, width=0.8)
+        mid = a0 + 0.65
+        cv.poly(_ellipse(0.22 * r, 0.22 * r, 20) + [0.5 * r * math.cos(mid),
+                0.5 * r * math.sin(mid)], x, y, angle, fill=c3)
+
+
+def _paint_dumpling(cv: Canvas, look: Look, x, y, w, h, angle) -> None:
+    """饺子: an opaque white half-moon with a pleated ridge along its curved edge."""
+    c1, c2, c3 = (_jitter(cv.rng, c, 0.03) for c in look.colors)
+    t = np.linspace(math.pi, 2 * math.pi, 36)
+    top = np.stack([0.5 * w * np.cos(t), 0.75 * h * np.sin(t) + 0.25 * h], axis=1)
+    t2 = np.linspace(0, math.pi, 20)
+    bottom = np.stack([0.5 * w * np.cos(t2), 0.18 * h * np.sin(t2) + 0.25 * h], axis=1)
+    shape = np.concatenate([top, bottom])
+    cv.poly(shape + [0.04 * w, 0.14 * h], x, y, angle, fill=(40, 30, 20, 130))
+    cv.poly(shape, x, y, angle, fill=c3, outline=c2, width=1.2)
+    cv.poly(shape * 0.8 + [0, -0.02 * h], x, y, angle, fill=c1)
+    for k in range(1, 9):
+        tt = math.pi + math.pi * k / 9
+        p0 = [0.5 * w * math.cos(tt), 0.75 * h * math.sin(tt) + 0.25 * h]
+        cv.line(np.array([p0, [p0[0] * 0.85, p0[1] * 0.75 + 0.06 * h]]), x, y, angle,
+                fill=c2, width=0.9)
+    cv.poly(_ellipse(0.2 * w, 0.08 * h, 12) + [-0.1 * w, -0.15 * h], x, y, angle,
+            fill=(255, 255, 255, 180))
+
+
+def _paint_tofu(cv: Canvas, look: Look, x, y, w, h, angle) -> None:
+    """麻婆豆腐 tofu cube: a soft white square with a lit face, half sunk in red sauce."""
+    c1, c2, c3 = (_jitter(cv.rng, c, 0.03) for c in look.colors)
+    cube = _rounded_rect(w, w, 0.12 * w)
+    cv.poly(cube + [0.1 * w, 0.1 * w], x, y, angle, fill=_shade(c3, 0.8, 150))
+    cv.poly(cube, x, y, angle, fill=c1, outline=_shade(c2, 0.9), width=0.8)
+    cv.poly(np.array([[-0.42, -0.42], [0.3, -0.42], [-0.42, 0.3]]) * w, x, y, angle,
+            fill=(255, 255, 250, 140))
+    for _ in range(2):
+        sx, sy = cv.rng.uniform(-0.5, 0.5, size=2) * w
+        cv.poly(_ellipse(0.22 * w, 0.14 * w, 12) + [sx, sy], x, y, angle, fill=c2 + (150,))
+
+
+def _paint_pyramid(cv: Canvas, look: Look, x, y, w, h, angle) -> None:
+    """粽子: a green leaf-wrapped triangle with leaf veins and a tied string."""
+    c1, c2, c3 = (_jitter(cv.rng, c, 0.06) for c in look.colors)
+    tri = np.array([[0, -0.55 * w], [0.5 * w, 0.35 * w], [-0.5 * w, 0.35 * w]])
+    cv.poly(tri + [0.06 * w, 0.08 * w], x, y, angle, fill=(20, 30, 10, 110))
+    cv.poly(tri, x, y, angle, fill=c1, outline=c2, width=1.2)
+    for k in range(1, 5):
+        f = k / 5
+        a, b = tri[0] * (1 - f) + tri[2] * f, tri[1] * (1 - f) + tri[2] * f
+        cv.line(np.array([a, (a + b) / 2]), x, y, angle, fill=c2, width=0.8)
+    cv.poly(np.array([[0, -0.55 * w], [0.5 * w, 0.35 * w], [0.05 * w, 0.35 * w]]), x, y, angle,
+            fill=_shade(c1, 1.25, 110))
+    cv.line(np.array([[-0.3 * w, -0.1 * w], [0.32 * w, 0.05 * w]]), x, y, angle, fill=c3,
+            width=1.4)
+    cv.line(np.array([[-0.12 * w, 0.35 * w], [0.15 * w, -0.3 * w]]), x, y, angle, fill=c3,
+            width=1.4)
+
+
+PIECE_PAINTERS = {
+    "roll": _paint_roll, "slice": _paint_slice, "crescent": _paint_crescent,
+    "open_cup": _paint_open_cup, "tart": _paint_tart, "bun": _paint_bun,
+    "pleated_bun": _paint_pleated_bun, "claw": _paint_claw, "skewer": _paint_skewer,
+    "mooncake": _paint_mooncake, "dumpling": _paint_dumpling, "tofu": _paint_tofu,
+    "pyramid": _paint_pyramid,
+}
+
+
+# ----------------------------------------------------------------------------- containers
+
+
+@dataclass
+class Container:
+    """A plate-like area: centre, half-length `a` along `angle`, half-width `b` across it."""
+
+    x: float
+    y: float
+    a: float
+    b: float
+    angle: float
+
+    def to_world(self, u: float, v: float) -> tuple[float, float]:
+        """Container-local (u along the long axis, v across it) to canvas coordinates."""
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        return self.x + c * u - s * v, self.y + s * u + c * v
+
+
+ROUND_CONTAINERS = {"steamer", "round_plate", "bowl"}
+
+
+def _paint_container(cv: Canvas, kind: str, box: Container, look: Look) -> None:
+    """Draw the plate, steamer, bowl, tray, paper or leaves under the food."""
+    rng = cv.rng
+    a, b, x, y, ang = box.a, box.b, box.x, box.y, box.angle
+    shadow = (0, 0, 0, 60)
+    if kind == "steel_plate":  # the metal plate 肠粉 is steamed and served on
+        steel = _jitter(rng, (150, 152, 156), 0.08)
+        rect = _rounded_rect(2 * a, 2 * b, 0.3 * b)
+        cv.poly(rect + [0.03 * b, 0.06 * b], x, y, ang, fill=shadow)
+        cv.poly(rect, x, y, ang, fill=_shade(steel, 0.8), outline=_shade(steel, 0.5), width=1.2)
+        cv.poly(rect * np.array([(a - 0.1 * b) / a, 0.9]), x, y, ang, fill=steel)
+        cv.poly(_rounded_rect(1.7 * a, 0.25 * b, 0.1 * b) + [0, -0.55 * b], x, y, ang,
+                fill=(255, 255, 255, 60))
+    elif kind in ("round_plate", "oval_plate", "leaf"):
+        plate = _jitter(rng, PLATE_COLORS[rng.integers(len(PLATE_COLORS))], 0.02)
+        outline = _ellipse(a, b, 64)
+        cv.poly(outline * 1.01 + [0.03 * b, 0.06 * b], x, y, ang, fill=shadow)
+        cv.poly(outline, x, y, ang, fill=plate, outline=_shade(plate, 0.8), width=1.0)
+        if rng.random() < 0.35:
+            rim = RIM_COLORS[rng.integers(len(RIM_COLORS))]
+            cv.line(np.concatenate([outline, outline[:1]]) * 0.93, x, y, ang, fill=rim, width=1.5)
+        inner = outline * np.array([(a - 0.14 * b) / a, 0.86])
+        cv.poly(inner, x, y, ang, fill=_shade(plate, 0.97), outline=_shade(plate, 0.9), width=0.8)
+        if kind == "leaf":
+            for k in range(3):
+                lx = (k - 1) * 0.5 * a
+                t = np.linspace(0, 2 * math.pi, 32, endpoint=False)
+                leaf = np.stack([0.55 * a * np.cos(t),
+                                 0.5 * b * np.sin(t) * (0.3 + 0.7 * np.abs(np.sin(t)))], axis=1)
+                cv.poly(leaf + [lx, rng.uniform(-0.2, 0.2) * b], x, y,
+                        ang + rng.uniform(-0.4, 0.4), fill=_jitter(rng, (95, 150, 60)),
+                        outline=(50, 100, 35), width=0.8)
+    elif kind == "steamer":
+        cv.poly(_ellipse(a * 1.02, a * 1.02) + [0.04 * a, 0.08 * a], x, y, 0, fill=shadow)
+        wood = _jitter(rng, BAMBOO, 0.05)
+        cv.poly(_ellipse(a, a, 64), x, y, 0, fill=_shade(wood, 0.85), outline=_shade(wood, 0.55),
+                width=1.2)
+        cv.poly(_ellipse(0.86 * a, 0.86 * a, 64), x, y, 0, fill=wood,
+                outline=_shade(wood, 0.6), width=1.0)
+        for k in range(-6, 7):  # woven slats of the steamer floor
+            off = k * 0.13 * a
+            half = math.sqrt(max(0.0, (0.84 * a) ** 2 - off ** 2))
+            cv.line(np.array([[off, -half], [off, half]]), x, y, 0, fill=_shade(wood, 0.8, 120))
+            cv.line(np.array([[-half, off], [half, off]]), x, y, 0, fill=_shade(wood, 0.8, 120))
+        if rng.random() < 0.5:  # paper liner
+            cv.poly(_ellipse(0.74 * a, 0.74 * a, 48), x, y, 0, fill=(245, 238, 215, 200))
+    elif kind == "bowl":
+        ceramic = _jitter(rng, ((245, 243, 238), (60, 45, 40), (230, 235, 245))[rng.integers(3)])
+        cv.poly(_ellipse(a * 1.02, a * 1.02) + [0.04 * a, 0.08 * a], x, y, 0, fill=shadow)
+        cv.poly(_ellipse(a, a, 64), x, y, 0, fill=ceramic, outline=_shade(ceramic, 0.7), width=1)
+        sauce = _jitter(rng, look.sauce or (150, 60, 30), 0.05)
+        cv.poly(_ellipse(0.84 * a, 0.84 * a, 64), x, y, 0, fill=sauce,
+                outline=_shade(ceramic, 0.6), width=1.0)
+        for _ in range(40):  # chili oil sheen and minced meat
+            sx, sy = rng.uniform(-0.6, 0.6, size=2) * a
+            cv.dot(x + sx, y + sy, rng.uniform(0.02, 0.05) * a,
+                   _shade(sauce, rng.choice([0.6, 1.25]), 160))
+    elif kind == "tray":
+        metal = _jitter(rng, (95, 92, 90), 0.1)
+        rect = _rounded_rect(2 * a, 2 * b, 0.12 * b)
+        cv.poly(rect + [0.03 * b, 0.06 * b], x, y, ang, fill=shadow)
+        cv.poly(rect, x, y, ang, fill=metal, outline=_shade(metal, 0.6), width=1.2)
+        cv.poly(rect * np.array([(a - 0.08 * b) / a, 0.92]), x, y, ang, fill=_shade(metal, 1.15))
+    elif kind == "paper":
+        sheet = _jitter(rng, ((240, 232, 210), (215, 190, 150), (250, 248, 242))[rng.integers(3)])
+        rect = _rounded_rect(2 * a, 2 * b, 0.02 * b)
+        cv.poly(rect + [0.02 * b, 0.04 * b], x, y, ang, fill=shadow)
+        cv.poly(rect, x, y, ang, fill=sheet, outline=_shade(sheet, 0.85), width=0.8)
+        cv.line(np.array([[-a, 0.1 * b], [a, -0.1 * b]]), x, y, ang, fill=_shade(sheet, 0.92))
+    else:
+        raise ValueError(f"unknown container {kind!r}: add it to labkit/render.py")
+
+
+# ----------------------------------------------------------------------------- arrangement
+
+
+@dataclass
+class Piece:
+    """Where one piece goes: centre, its own width/height and angle (canvas units)."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+    angle: float
+
+
+def _arrange(look: Look, box: Container, rng: np.random.Generator) -> list[Piece]:
+    """Lay out a random number of pieces inside one container, following `look.arrangement`."""
+    n = int(rng.integers(look.count[0], look.count[1] + 1))
+    a, b = box.a, box.b
+    size = look.size * 2 * b * rng.uniform(0.9, 1.1)
+    style = look.arrangement
+    pieces: list[Piece] = []
+    if style == "rows" and look.piece in ("roll", "skewer"):  # long pieces side by side
+        gap = min(2 * b * 0.8 / n, size * 1.12)
+        length = 2 * a * (0.86 if look.piece == "roll" else 0.98) - (0 if a > b else 0.3 * b)
+        for i in range(n):
+            u, v = rng.uniform(-0.03, 0.03) * a, (i - (n - 1) / 2) * gap
+            pieces.append(Piece(*box.to_world(u, v), length, size,
+                                box.angle + rng.uniform(-0.06, 0.06) + (math.pi if rng.random() < 0.5 else 0)))
+    elif style == "rows":  # whole pieces in a line along the container
+        d = min(size, 2 * a * 0.9 / n, 2 * b * 0.9)
+        for i in range(n):
+            u = (i - (n - 1) / 2) * d * 1.08
+            pieces.append(Piece(*box.to_world(u, rng.uniform(-0.08, 0.08) * b), d, d,
+                                rng.uniform(0, 2 * math.pi)))
+    elif style == "fan":  # overlapping slices shingled along the container
+        thick = size * 0.42
+        step = min(thick * 0.75, 2 * a * 0.8 / n)
+        for i in range(n):
+            u = (i - (n - 1) / 2) * step
+            tilt = (i - (n - 1) / 2) * 0.06
+            pieces.append(Piece(*box.to_world(u, 0), thick, 2 * b * 0.72,
+                                box.angle + tilt + rng.uniform(-0.05, 0.05)))
+    elif style == "ring":
+        radius = (0.38 if n <= 4 else 0.58) * min(a, b)
+        d = min(size, 2 * math.pi * radius / n * (1.15 if n > 4 else 1.3))
+        phase = rng.uniform(0, 2 * math.pi)
+        for i in range(n):
+            t = phase + 2 * math.pi * i / n
+            u, v = radius * math.cos(t) * a / min(a, b), radius * math.sin(t) * b / min(a, b)
+            pieces.append(Piece(*box.to_world(u, v), d, d * 0.7, box.angle + t - math.pi / 2))
+    elif style == "grid":
+        inner_a, inner_b = (0.66 * a, 0.66 * b) if a == b else (0.9 * a, 0.86 * b)
+        rows = max(1, round(math.sqrt(n * inner_b / inner_a)))
+        cols = max(1, round(n / rows))
+        cell = min(2 * inner_a / cols, 2 * inner_b / rows)
+        d = min(size, cell * 0.95)
+        for i in range(rows * cols):
+            u = (i % cols - (cols - 1) / 2) * cell + rng.uniform(-0.04, 0.04) * cell
+            v = (i // cols - (rows - 1) / 2) * cell + rng.uniform(-0.04, 0.04) * cell
+            pieces.append(Piece(*box.to_world(u, v), d, d, rng.uniform(0, 2 * math.pi)))
+    elif style == "hex":
+        d = min(size, 2 * min(a, b) * 0.85 / 3)
+        spots = [(0.0, 0.0)] + [(1.05 * d * math.cos(k * math.pi / 3),
+                                 1.05 * d * math.sin(k * math.pi / 3)) for k in range(6)]
+        turn = rng.uniform(0, math.pi / 3)
+        for u, v in spots[:n]:
+            uu, vv = u * math.cos(turn) - v * math.sin(turn), u * math.sin(turn) + v * math.cos(turn)
+            pieces.append(Piece(*box.to_world(uu, vv), d, d, rng.uniform(0, 2 * math.pi)))
+    elif style == "scatter":
+        placed: list[tuple[float, float]] = []
+        for _ in range(400):
+            if len(placed) == n:
+                break
+            u, v = rng.uniform(-1, 1) * 0.62 * a, rng.uniform(-1, 1) * 0.62 * b
+            if (u / a) ** 2 + (v / b) ** 2 > 0.62 ** 2:
+                continue
+            if all((u - pu) ** 2 + (v - pv) ** 2 > (0.85 * size) ** 2 for pu, pv in placed):
+                placed.append((u, v))
+        pieces = [Piece(*box.to_world(u, v), size, size * 1.1, rng.uniform(0, 2 * math.pi))
+                  for u, v in placed]
+    else:
+        raise ValueError(f"unknown arrangement {style!r}: add it to labkit/render.py")
+    return pieces
+
+
+def _containers(look: Look, width: float, height: float, rng: np.random.Generator) -> list[Container]:
+    """Place the containers: round ones repeat along a long canvas, long ones stretch to fit it."""
+    long_side, short_side = max(width, height), min(width, height)
+    along = 0.0 if width >= height else math.pi / 2
+    scale = rng.uniform(0.8, 0.97)
+    cx = width / 2 + rng.uniform(-0.05, 0.05) * width
+    cy = height / 2 + rng.uniform(-0.05, 0.05) * height
+    if look.container in ROUND_CONTAINERS:
+        n = max(1, round(long_side / short_side))
+        r = min(short_side * scale, long_side / n * 0.98) / 2
+        boxes = []
+        for i in range(n):
+            u = (i - (n - 1) / 2) * long_side / n
+            x = cx + u * math.cos(along) + rng.uniform(-0.03, 0.03) * r
+            y = cy + u * math.sin(along) + rng.uniform(-0.03, 0.03) * r
+            boxes.append(Container(x, y, r, r, rng.uniform(0, 2 * math.pi)))
+        return boxes
+    a = long_side / 2 * scale
+    b = short_side / 2 * scale
+    if a < b * 1.15:  # near-square canvas: keep an elongated plate, turned at any angle
+        b, tilt = b * 0.75, rng.uniform(-0.8, 0.8)
+    else:
+        tilt = rng.uniform(-0.12, 0.12)
+    return [Container(cx, cy, a, b, along + tilt)]
+
+
+# ----------------------------------------------------------------------------- the picture
+
+
+def stable_seed(*parts) -> int:
+    """A 64-bit seed from any parts (e.g. dish key, seed); identical on every machine and run."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def pick_size(rng: np.random.Generator) -> tuple[int, int]:
+    """Pick (width, height): an aspect ratio from ASPECTS, shorter side 64..160, longer <= 400."""
+    w_ratio, h_ratio = ASPECTS[rng.integers(len(ASPECTS))]
+    ratio = (w_ratio / h_ratio) * rng.uniform(0.94, 1.06)
+    short = int(rng.integers(SHORT_SIDE[0], SHORT_SIDE[1] + 1))
+    long = min(LONG_SIDE_MAX, round(short * max(ratio, 1 / ratio)))
+    short = max(SHORT_SIDE[0], min(short, round(long / max(ratio, 1 / ratio))))
+    return (long, short) if ratio >= 1 else (short, long)
+
+
+def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A table top: a base colour with wood grain, speckled stone or a linen weave."""
+    base = np.array(_jitter(rng, TABLE_COLORS[rng.integers(len(TABLE_COLORS))], 0.08), float)
+    yy, xx = np.mgrid[0:height, 0:width].astype(float)
+    kind = rng.integers(3)
+    if kind == 0:  # wood grain
+        freq = rng.uniform(0.02, 0.06) / SUPERSAMPLE
+        grain = np.sin(yy * freq * 6 + 3 * np.sin(xx * freq * 0.7 + rng.uniform(0, 6)))
+        texture = 0.07 * grain
+    elif kind == 1:  # stone speckle
+        texture = rng.normal(0, 0.05, size=(height // 6 + 1, width // 6 + 1))
+        texture = np.kron(texture, np.ones((6, 6)))[:height, :width]
+    else:  # linen weave
+        period = rng.integers(4, 9) * SUPERSAMPLE
+        texture = 0.04 * ((xx // period + yy // period) % 2 - 0.5)
+    return np.clip(base[None, None, :] * (1 + texture[..., None]), 0, 255)
+
+
+def _light_and_lens(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Apply lighting (a directional gradient, brightness, a warm/cool tint), then sensor noise."""
+    height, width = image.shape[:2]
+    yy, xx = np.mgrid[0:height, 0:width].astype(float)
+    theta = rng.uniform(0, 2 * math.pi)
+    ramp = ((xx / width - 0.5) * math.cos(theta) + (yy / height - 0.5) * math.sin(theta))
+    light = rng.uniform(0.88, 1.1) * (1 + rng.uniform(0.0, 0.3) * ramp)
+    tint = rng.uniform(-0.05, 0.06)
+    gains = np.array([1 + tint, 1.0, 1 - tint])
+    out = image * light[..., None] * gains[None, None, :]
+    out = out + rng.normal(0, rng.uniform(0.0, 5.0), size=out.shape)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def render_dish(dish: Dish | str, seed: int, size: tuple[int, int] | None = None) -> Image.Image:
+    """Draw one picture of `dish` (a Dish, name or key); the same arguments give the same pixels.
+
+    `size` is (width, height) in pixels; by default it is drawn from `pick_size`.
+    """
+    dish = get_dish(dish) if isinstance(dish, str) else dish
+    look = dish.look
+    rng = np.random.default_rng(stable_seed(dish.key, seed))
+    width, height = size if size is not None else pick_size(rng)
+    big_w, big_h = width * SUPERSAMPLE, height * SUPERSAMPLE
+    image = Image.fromarray(_background(rng, big_w, big_h).astype(np.uint8), "RGB")
+    cv = Canvas(image, ImageDraw.Draw(image, "RGBA"), rng, float(SUPERSAMPLE))
+    paint = PIECE_PAINTERS[look.piece]
+    for box in _containers(look, big_w, big_h, rng):
+        _paint_container(cv, look.container, box, look)
+        if look.sauce is not None and look.container != "bowl":
+            blob = _ellipse(box.a * 0.88, box.b * 0.84, 40,
+                            lambda t: 1 + 0.08 * np.sin(3 * t + rng.uniform(0, 6)))
+            cv.poly(blob, box.x, box.y, box.angle, fill=_jitter(rng, look.sauce) + (215,))
+        if look.dip is not None:
+            r = 0.22 * min(box.a, box.b)
+            cv.poly(_ellipse(r, r, 32), box.x + 0.1 * r, box.y + 0.15 * r, 0, fill=(0, 0, 0, 70))
+            cv.poly(_ellipse(r, r, 32), box.x, box.y, 0, fill=(245, 245, 240),
+                    outline=(150, 150, 150), width=0.8)
+            cv.poly(_ellipse(0.75 * r, 0.75 * r, 32), box.x, box.y, 0, fill=_jitter(rng, look.dip))
+        for piece in _arrange(look, box, rng):
+            paint(cv, look, piece.x, piece.y, piece.w, piece.h, piece.angle)
+        if look.garnish is not None:
+            for _ in range(int(rng.integers(8, 20))):
+                u, v = rng.uniform(-0.6, 0.6) * box.a, rng.uniform(-0.6, 0.6) * box.b
+                gx, gy = box.to_world(u, v)
+                bit = _rounded_rect(rng.uniform(1.2, 2.6) * cv.px, rng.uniform(1.0, 1.8) * cv.px,
+                                    0.3 * cv.px)
+                cv.poly(bit, gx, gy, rng.uniform(0, math.pi), fill=_jitter(rng, look.garnish))
+    small = image.reduce(SUPERSAMPLE)
+    blur = rng.uniform(0.0, 0.8) if rng.random() < 0.6 else 0.0
+    if blur > 0.05:
+        small = small.filter(ImageFilter.GaussianBlur(blur))
+    return Image.fromarray(_light_and_lens(np.asarray(small, dtype=float), rng), "RGB")
+
+
+def save_jpeg(image: Image.Image, path: str | os.PathLike, quality: int = JPEG_QUALITY) -> Path:
+    """Write `image` as a JPEG atomically (temp file + os.replace); return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jpg", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format="JPEG", quality=quality)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def render_to_file(dish: Dish | str, seed: int, path: str | os.PathLike) -> tuple[int, int]:
+    """Render `dish` with `seed` into a JPEG at `path`; return the picture's (width, height)."""
+    image = render_dish(dish, seed)
+    save_jpeg(image, path)
+    return image.size
+
+
+def contact_sheet(path: str | os.PathLike, seeds=range(6), cell: int = 150,
+                  thumb: int = 64) -> Path:
+    """Save a PNG showing every dish: one row per dish, one column per seed.
+
+    Each row ends with the 64 x 64 thumbnails the tiny model sees for the first seeds, so you
+    can judge whether a dish is still recognisable at that size.
+    """
+    seeds = list(seeds)
+    label_w, pad = 110, 4
+    n_thumbs = min(3, len(seeds))
+    width = label_w + len(seeds) * (cell + pad) + n_thumbs * (thumb + pad) + pad
+    height = len(DISHES) * (cell + pad) + pad
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    pen = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for row, dish in enumerate(DISHES):
+        top = pad + row * (cell + pad)
+        tag = f"{dish.key}\n({'held back' if dish.held_back else 'known'})"
+        pen.multiline_text((pad, top + cell // 2 - 12), tag, fill=(0, 0, 0), font=font)
+        for col, seed in enumerate(seeds):
+            picture = render_dish(dish, seed)
+            picture.thumbnail((cell, cell))
+            left = label_w + col * (cell + pad)
+            sheet.paste(picture, (left + (cell - picture.width) // 2,
+                                  top + (cell - picture.height) // 2))
+        for k in range(n_thumbs):
+            small = render_dish(dish, seeds[k]).resize((thumb, thumb), Image.BICUBIC)
+            left = label_w + len(seeds) * (cell + pad) + k * (thumb + pad)
+            sheet.paste(small, (left, top + (cell - thumb) // 2))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
+    os.close(fd)
+    sheet.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
