@@ -178,6 +178,9 @@ def check_model_folder(path):
     if not config_path.is_file():
         raise CheckpointError(f"{config_path}: missing; a model folder needs config.json.")
     config = load_config(config_path)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: holds a JSON {type(config).__name__}, not an object of settings; "
+                              "restore the file or rebuild the checkpoint.")
     for key in ("vision_config", "llm_config"):
         if not isinstance(config.get(key), dict):
             raise CheckpointError(f"{config_path}: key {key!r} is missing or not an object.")
@@ -193,7 +196,11 @@ def check_model_folder(path):
             raise CheckpointError(f"{module_file}: missing, but config.json's auto_map points at it.")
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(load_config(index)["weight_map"].values()))
+        weight_map = load_config(index)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index}: no 'weight_map' (tensor name -> shard file) in it; save the checkpoint again.")
+        shards = sorted(set(weight_map.values()))
     elif (folder / "model.safetensors").is_file():
         shards = ["model.safetensors"]
     else:
