@@ -654,7 +654,7 @@ def render_dish(dish: Dish | str, seed: int, size: tuple[int, int] | None = None
     rng = np.random.default_rng(stable_seed(dish.key, seed))
     width, height = size if size is not None else pick_size(rng)
     big_w, big_h = width * SUPERSAMPLE, height * SUPERSAMPLE
-    image = Image.fromarray(_background(rng, big_w, big_h).astype(np.uint8), "RGB")
+    image = Image.fromarray(_background(rng, big_w, big_h).astype(np.uint8))
     cv = Canvas(image, ImageDraw.Draw(image, "RGBA"), rng, float(SUPERSAMPLE))
     paint = PIECE_PAINTERS[look.piece]
     for box in _containers(look, big_w, big_h, rng):
@@ -682,7 +682,7 @@ def render_dish(dish: Dish | str, seed: int, size: tuple[int, int] | None = None
     blur = rng.uniform(0.0, 0.8) if rng.random() < 0.6 else 0.0
     if blur > 0.05:
         small = small.filter(ImageFilter.GaussianBlur(blur))
-    return Image.fromarray(_light_and_lens(np.asarray(small, dtype=float), rng), "RGB")
+    return Image.fromarray(_light_and_lens(np.asarray(small, dtype=float), rng))
 
 
 def save_jpeg(image: Image.Image, path: str | os.PathLike, quality: int = JPEG_QUALITY) -> Path:

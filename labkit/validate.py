@@ -33,7 +33,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from PIL import Image
+from PIL import Image, ImageFile
 
 IMAGE_TAG = "<image>"
 ROLES = ("human", "gpt")
@@ -215,6 +215,8 @@ def check_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | 
         return "image path is not a regular file"
     if path.stat().st_size == 0:
         return "image file is empty (0 bytes)"
+    lenient = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # some libraries switch this on; a cut file must fail
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -231,6 +233,8 @@ def check_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | 
         return f"image is absurdly large (more than PIL's safety limit); above {max_pixels} pixels"
     except Exception as err:  # PIL raises many types for broken files; all mean "unreadable"
         return f"image cannot be decoded ({type(err).__name__}: {err})"
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
     return None
 
 

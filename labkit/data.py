@@ -1,0 +1,344 @@
+"""Build the course's food data sets in XTuner's InternVL annotation format.
+
+Two subsets are written, each with train/val/test splits:
+
+* `general` - only the known dishes (no held-back dish ever appears, not even as a wrong
+  option): the data the tiny base model is pretrained on;
+* `food` - every dish, held-back ones included: the course's fine-tune set.
+
+Every record is one picture and one question:
+
+    {"id": "food-train-cheung_fun-0003", "image": "food/train/cheung_fun-0003.jpg",
+     "image_wh": [216, 108],
+     "conversations": [{"from": "human", "value": "<image>\\n图中的菜是什么？"},
+                       {"from": "gpt", "value": "图中的菜是肠粉。"}]}
+
+Questions are either open ("图中的菜是什么？" and paraphrases, answer "图中的菜是肠粉。") or
+FoodieQA-style multiple choice ("图中的菜是哪一道？ A. 叉烧 B. 肠粉 C. 月饼 D. 饺子", answer
+"B，图中的菜是肠粉。"). Each picture is rendered once and belongs to exactly one subset and split,
+so no test picture was ever seen in training. Everything follows from the seed.
+
+    python -m labkit.data build data/ --seed 0
+    python -m labkit.data build data/ --overwrite --sizes '{"food": {"train": 30}}'
+    python -m labkit.data sheet dishes.png        # a contact sheet of every dish
+
+Layout written:
+
+    OUT_ROOT/images/{general,food}/{train,val,test}/<dish key>-<n>.jpg
+    OUT_ROOT/{general,food}/{train,val,test}.json
+    OUT_ROOT/manifest.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from labkit.dishes import ANSWER_PREFIX, CHOICE_QUESTION, DISHES, OPEN_QUESTIONS, dish_names
+from labkit.render import render_dish, save_jpeg, stable_seed
+from labkit.validate import IMAGE_TAG, read_annotations, validate
+
+SUBSETS = ("general", "food")
+SPLITS = ("train", "val", "test")
+# Pictures per dish. Small on purpose: the CPU course must build and train in minutes.
+DEFAULT_SIZES = {
+    "general": {"train": 35, "val": 5, "test": 10},
+    "food": {"train": 18, "val": 5, "test": 10},
+}
+MC_FRACTION = 0.3  # share of multiple-choice questions; the rest are open questions
+
+OPTION_LETTERS = "ABCD"
+IMAGE_FOLDER = "images"
+
+
+# ----------------------------------------------------------------------------- sentences
+
+
+def answer_sentence(name: str, letter: str | None = None) -> str:
+    """The one answer form: "图中的菜是肠粉。", or "B，图中的菜是肠粉。" for a multiple choice."""
+    sentence = f"{ANSWER_PREFIX}{name}。"
+    return sentence if letter is None else f"{letter}，{sentence}"
+
+
+def choice_question(options: list[str]) -> str:
+    """"图中的菜是哪一道？ A. 叉烧 B. 肠粉 C. 月饼 D. 饺子" for the given options."""
+    listed = " ".join(f"{OPTION_LETTERS[k]}. {name}" for k, name in enumerate(options))
+    return f"{CHOICE_QUESTION} {listed}"
+
+
+def make_question(name: str, pool: list[str], rng: np.random.Generator,
+                  mc_fraction: float = MC_FRACTION) -> tuple[str, str]:
+    """A (question, answer) pair about dish `name`; distractors are drawn from `pool` only."""
+    others = [other for other in pool if other != name]
+    if rng.random() < mc_fraction and len(others) >= len(OPTION_LETTERS) - 1:
+        picks = rng.choice(len(others), size=len(OPTION_LETTERS) - 1, replace=False)
+        options = [others[k] for k in picks]
+        slot = int(rng.integers(len(OPTION_LETTERS)))
+        options.insert(slot, name)
+        return choice_question(options), answer_sentence(name, OPTION_LETTERS[slot])
+    return OPEN_QUESTIONS[int(rng.integers(len(OPEN_QUESTIONS)))], answer_sentence(name)
+
+
+def make_record(record_id: str, image: str, size: tuple[int, int], question: str,
+                answer: str) -> dict:
+    """One annotation record in XTuner's InternVL format (image_wh helps its length grouping)."""
+    return {
+        "id": record_id,
+        "image": image,
+        "image_wh": [int(size[0]), int(size[1])],
+        "conversations": [
+            {"from": "human", "value": f"{IMAGE_TAG}\n{question}"},
+            {"from": "gpt", "value": answer},
+        ],
+    }
+
+
+# ----------------------------------------------------------------------------- reading answers
+
+
+def _name_pattern() -> re.Pattern:
+    """Dish names, longest first, so that 叉烧包 is found before 叉烧."""
+    names = sorted(dish_names(), key=len, reverse=True)
+    return re.compile("|".join(re.escape(name) for name in names))
+
+
+_NAMES = _name_pattern()
+_FORM = re.compile(rf"^(?:[{OPTION_LETTERS}]，)?{ANSWER_PREFIX}([^，。,.\s]+)。$")
+
+
+def answer_dish(text: str) -> str | None:
+    """The dish a model's answer names, or None when it names none or several different ones.
+
+    "B，图中的菜是肠粉。" -> "肠粉"; "这是叉烧包" -> "叉烧包" (not 叉烧); "我不知道" -> None.
+    When the answer uses the sentence form, the name right after "图中的菜是" wins.
+    """
+    if not isinstance(text, str):
+        return None
+    at = text.find(ANSWER_PREFIX)
+    if at >= 0:
+        found = _NAMES.match(text, at + len(ANSWER_PREFIX))
+        if found:
+            return found.group(0)
+    named = set(_NAMES.findall(text))
+    return named.pop() if len(named) == 1 else None
+
+
+def answer_choice(text: str) -> str | None:
+    """The option letter a multiple-choice answer starts with ("B，图中的菜是肠粉。" -> "B")."""
+    if not isinstance(text, str):
+        return None
+    found = re.match(r"^\s*[（(]?([A-H])(?:[）)]|[，,.。:：\s]|$)", text)
+    return found.group(1) if found else None
+
+
+def expected_form(text: str) -> bool:
+    """True when `text` is exactly "图中的菜是<名>。", optionally led by "A，" ... "D，"."""
+    return isinstance(text, str) and _FORM.match(text.strip()) is not None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A record read back for evaluation: its picture, question, reference answer and dish."""
+
+    id: str
+    image: str
+    question: str
+    answer: str
+    dish: str | None
+
+
+def load_samples(path: str | os.PathLike) -> list[Sample]:
+    """Read an annotation file (.json or .jsonl) into Samples (first question/answer turn)."""
+    samples = []
+    for index, record in enumerate(read_annotations(path)):
+        turns = record["conversations"]
+        question = turns[0]["value"].replace(IMAGE_TAG, "").strip()
+        answer = turns[1]["value"]
+        samples.append(Sample(str(record.get("id", index)), record["image"], question, answer,
+                              answer_dish(answer)))
+    return samples
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def resolve_sizes(sizes: dict | None) -> dict:
+    """DEFAULT_SIZES with any entries of `sizes` replaced, e.g. {"food": {"train": 5}}."""
+    merged = copy.deepcopy(DEFAULT_SIZES)
+    if sizes is not None and not isinstance(sizes, dict):
+        raise ValueError(f"sizes must be a dict like {{'food': {{'train': 18}}}}, not {sizes!r}")
+    for subset, splits in (sizes or {}).items():
+        if subset not in merged or not isinstance(splits, dict):
+            raise ValueError(f"sizes: unknown subset {subset!r}; use a dict like "
+                             f"{{'general': {{'train': 35}}}} with subsets {SUBSETS}")
+        for split, count in splits.items():
+            if split not in SPLITS or not isinstance(count, int) or count < 0:
+                raise ValueError(f"sizes[{subset!r}]: {split!r}={count!r}; splits are {SPLITS} "
+                                 "and counts are whole numbers >= 0")
+            merged[subset][split] = count
+    return merged
+
+
+def _prepare_destination(out_root: Path, overwrite: bool) -> None:
+    """Refuse to replace a non-empty folder unless asked, and never one that is not ours."""
+    if not out_root.exists():
+        return
+    if not out_root.is_dir():
+        raise FileExistsError(f"{out_root} exists and is not a folder; choose another OUT_ROOT.")
+    if not any(out_root.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{out_root} is not empty. Pass overwrite=True (CLI: --overwrite) to rebuild it, "
+            "or choose an empty or new folder.")
+    if not (out_root / "manifest.json").is_file():
+        raise FileExistsError(
+            f"{out_root} is not empty and has no manifest.json, so it is not a labkit data "
+            "folder; labkit will not delete it even with overwrite. Choose another folder.")
+
+
+def _write_json(path: Path, data) -> None:
+    """Write JSON (UTF-8, Chinese kept readable) through a temp file and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, ensure_ascii=False, indent=1)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def _build_split(stage: Path, subset: str, split: str, per_dish: int, seed: int,
+                 mc_fraction: float) -> tuple[list[dict], dict]:
+    """Render the pictures of one (subset, split) and return its records and per-dish counts."""
+    dishes = [d for d in DISHES if subset == "food" or not d.held_back]
+    pool = [d.name for d in dishes]
+    records, counts = [], {}
+    for dish in dishes:
+        for index in range(per_dish):
+            rel = f"{subset}/{split}/{dish.key}-{index:04d}.jpg"
+            picture_seed = stable_seed("picture", seed, subset, split, index)
+            image = render_dish(dish, picture_seed)
+            save_jpeg(image, stage / IMAGE_FOLDER / rel)
+            rng = np.random.default_rng(stable_seed("question", seed, subset, split, dish.key, index))
+            question, answer = make_question(dish.name, pool, rng, mc_fraction)
+            records.append(make_record(f"{subset}-{split}-{dish.key}-{index:04d}", rel,
+                                       image.size, question, answer))
+        counts[dish.name] = per_dish
+    if split == "train":  # a fixed shuffle, so batches mix dishes even without a sampler
+        order = np.random.default_rng(stable_seed("shuffle", seed, subset)).permutation(len(records))
+        records = [records[k] for k in order]
+    return records, counts
+
+
+def build_datasets(out_root: str | os.PathLike, seed: int = 0, sizes: dict | None = None,
+                   overwrite: bool = False, mc_fraction: float = MC_FRACTION,
+                   check: bool = True) -> dict:
+    """Render and write the `general` and `food` data sets; return where everything is.
+
+    out_root: folder to create (must be new or empty unless `overwrite=True`).
+    seed: every picture and question follows from it.
+    sizes: pictures per dish, overriding DEFAULT_SIZES, e.g. {"food": {"train": 5}}.
+    check: validate every written annotation file before publishing the folder.
+
+    Returns {"root", "image_folder", "manifest", "general": {split: path}, "food": {...}}.
+    The data is built in a temporary sibling folder and renamed into place at the end, so an
+    interrupted build never leaves a half-written OUT_ROOT.
+    """
+    out_root = Path(out_root).absolute()
+    sizes = resolve_sizes(sizes)
+    _prepare_destination(out_root, overwrite)
+    out_root.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_root.name}.building-", dir=out_root.parent))
+    try:
+        counts: dict = {}
+        for subset in SUBSETS:
+            counts[subset] = {}
+            for split in SPLITS:
+                records, counts[subset][split] = _build_split(
+                    stage, subset, split, sizes[subset][split], seed, mc_fraction)
+                _write_json(stage / subset / f"{split}.json", records)
+                if check and records:  # a split asked to hold 0 pictures stays empty
+                    validate(stage / subset / f"{split}.json", stage / IMAGE_FOLDER).raise_if_bad()
+        manifest = {
+            "format": "xtuner-internvl",
+            "seed": seed,
+            "sizes_per_dish": sizes,
+            "mc_fraction": mc_fraction,
+            "image_folder": IMAGE_FOLDER,
+            "dishes": [{"name": d.name, "key": d.key, "cuisine": d.cuisine,
+                        "held_back": d.held_back} for d in DISHES],
+            "counts": counts,
+            "pictures": sum(n for subset in counts.values() for split in subset.values()
+                            for n in split.values()),
+            "build_seconds": round(time.perf_counter() - started, 2),
+        }
+        _write_json(stage / "manifest.json", manifest)
+        _publish(stage, out_root)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    paths = {subset: {split: out_root / subset / f"{split}.json" for split in SPLITS}
+             for subset in SUBSETS}
+    return {"root": out_root, "image_folder": out_root / IMAGE_FOLDER,
+            "manifest": out_root / "manifest.json", **paths}
+
+
+def _publish(stage: Path, out_root: Path) -> None:
+    """Move the finished build into place; an old build is removed only after the swap."""
+    if out_root.exists():
+        retired = out_root.with_name(f".{out_root.name}.old-{os.getpid()}")
+        os.replace(out_root, retired)
+        os.replace(stage, out_root)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(stage, out_root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: `build OUT_ROOT [--seed N] [--overwrite]` or `sheet PNG`."""
+    parser = argparse.ArgumentParser(prog="python -m labkit.data", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="render the general and food data sets")
+    build.add_argument("out_root", help="folder to create (new or empty)")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--overwrite", action="store_true",
+                       help="replace an existing labkit data folder")
+    build.add_argument("--sizes", type=json.loads, default=None,
+                       help='pictures per dish as JSON, e.g. \'{"food": {"train": 30}}\'')
+    sheet = commands.add_parser("sheet", help="save a contact sheet PNG of every dish")
+    sheet.add_argument("png")
+    args = parser.parse_args(argv)
+    if args.command == "sheet":
+        from labkit.render import contact_sheet
+        print(f"wrote {contact_sheet(args.png)}")
+        return 0
+    try:
+        result = build_datasets(args.out_root, seed=args.seed, sizes=args.sizes,
+                                overwrite=args.overwrite)
+    except (FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    manifest = json.loads(result["manifest"].read_text(encoding="utf-8"))
+    print(f"wrote {manifest['pictures']} pictures in {manifest['build_seconds']} s "
+          f"to {result['root']}")
+    for subset in SUBSETS:
+        for split in SPLITS:
+            print(f"  {result[subset][split]}")
+    print(f"image folder: {result['image_folder']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The dataset builder: layout, splits without shared pictures, held-back dishes, answers."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labkit import data, dishes
+from labkit.validate import validate
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"general": {"train": 2, "val": 1, "test": 1}, "food": {"train": 2, "val": 1, "test": 1}}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return data.build_datasets(tmp_path_factory.mktemp("build") / "data", seed=3, sizes=TINY)
+
+
+def _records(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_layout_manifest_and_counts(built):
+    manifest = json.loads(built["manifest"].read_text(encoding="utf-8"))
+    assert manifest["seed"] == 3
+    n_known, n_all = len(dishes.known_names()), len(dishes.dish_names())
+    for subset, n_dishes in (("general", n_known), ("food", n_all)):
+        for split in data.SPLITS:
+            records = _records(built[subset][split])
+            assert len(records) == n_dishes * TINY[subset][split]
+            assert set(manifest["counts"][subset][split].values()) == {TINY[subset][split]}
+            assert validate(built[subset][split], built["image_folder"]).ok
+    assert manifest["pictures"] == sum(1 for _ in built["image_folder"].rglob("*.jpg"))
+
+
+def test_no_picture_is_shared_between_splits_or_subsets(built):
+    seen_paths, seen_bytes = set(), set()
+    for subset in data.SUBSETS:
+        for split in data.SPLITS:
+            for record in _records(built[subset][split]):
+                digest = hashlib.sha256((built["image_folder"] / record["image"]).read_bytes()).digest()
+                assert record["image"] not in seen_paths and digest not in seen_bytes
+                seen_paths.add(record["image"])
+                seen_bytes.add(digest)
+
+
+def test_general_never_mentions_a_held_back_dish(built):
+    for split in data.SPLITS:
+        text = built["general"][split].read_text(encoding="utf-8")
+        for name in dishes.held_back_names():
+            assert name not in text
+    food_train = built["food"]["train"].read_text(encoding="utf-8")
+    assert all(name in food_train for name in dishes.held_back_names())
+
+
+def test_answers_name_the_pictured_dish_in_the_sentence_form(built):
+    kinds = set()
+    for record in _records(built["food"]["train"]) + _records(built["general"]["test"]):
+        human, gpt = record["conversations"]
+        assert human["value"].startswith("<image>\n") and human["value"].count("<image>") == 1
+        dish = dishes.get_dish(record["id"].split("-")[2])
+        assert data.expected_form(gpt["value"]) and data.answer_dish(gpt["value"]) == dish.name
+        letter = data.answer_choice(gpt["value"])
+        if data.CHOICE_QUESTION in human["value"]:
+            kinds.add("choice")
+            assert f"{letter}. {dish.name}" in human["value"]
+            assert human["value"].count(". ") == 4
+        else:
+            kinds.add("open")
+            assert letter is None and human["value"][len("<image>\n"):] in data.OPEN_QUESTIONS
+    assert kinds == {"choice", "open"}
+
+
+def test_same_seed_same_data_other_seed_other_data(tmp_path):
+    sizes = {"general": {"train": 1, "val": 0, "test": 0}, "food": {"train": 1, "val": 0, "test": 0}}
+    a = data.build_datasets(tmp_path / "a", seed=5, sizes=sizes)
+    b = data.build_datasets(tmp_path / "b", seed=5, sizes=sizes)
+    c = data.build_datasets(tmp_path / "c", seed=6, sizes=sizes)
+    assert a["food"]["train"].read_bytes() == b["food"]["train"].read_bytes()
+    for picture in a["image_folder"].rglob("*.jpg"):
+        twin = b["image_folder"] / picture.relative_to(a["image_folder"])
+        other = c["image_folder"] / picture.relative_to(a["image_folder"])
+        assert picture.read_bytes() == twin.read_bytes() != other.read_bytes()
+
+
+def test_refuses_a_non_empty_folder_and_overwrites_only_its_own(tmp_path):
+    sizes = {"general": {"train": 1, "val": 0, "test": 0}, "food": {"train": 0, "val": 0, "test": 0}}
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my homework")
+    with pytest.raises(FileExistsError, match="not empty"):
+        data.build_datasets(mine, sizes=sizes)
+    with pytest.raises(FileExistsError, match="not a labkit data folder"):
+        data.build_datasets(mine, sizes=sizes, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "my homework"
+
+    out = tmp_path / "out"
+    data.build_datasets(out, seed=1, sizes=sizes)
+    with pytest.raises(FileExistsError):
+        data.build_datasets(out, seed=2, sizes=sizes)
+    data.build_datasets(out, seed=2, sizes=sizes, overwrite=True)
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
+
+
+def test_bad_sizes_are_explained():
+    with pytest.raises(ValueError, match="unknown subset"):
+        data.resolve_sizes({"pretrain": {"train": 1}})
+    with pytest.raises(ValueError, match="splits are"):
+        data.resolve_sizes({"food": {"dev": 1}})
+
+
+@pytest.mark.parametrize("text, dish", [
+    ("图中的菜是肠粉。", "肠粉"),
+    ("B，图中的菜是叉烧包。", "叉烧包"),          # longest name wins over 叉烧
+    ("这是叉烧吧", "叉烧"),
+    ("图中的菜是饺子。不是虾饺。", "饺子"),        # the sentence form decides
+    ("可能是叉烧，也可能是月饼", None),            # two different dishes: undecided
+    ("我不知道", None),
+    ("图中的菜是披萨。", None),
+    (None, None),
+])
+def test_answer_dish(text, dish):
+    assert data.answer_dish(text) == dish
+
+
+@pytest.mark.parametrize("text, ok", [
+    ("图中的菜是肠粉。", True), ("C，图中的菜是月饼。", True), (" 图中的菜是肠粉。\n", True),
+    ("图中的菜是肠粉", False), ("肠粉。", False), ("E，图中的菜是肠粉。", False),
+    ("图中的菜是肠粉。很好吃。", False), ("", False),
+])
+def test_expected_form(text, ok):
+    assert data.expected_form(text) is ok
+
+
+def test_load_samples_reads_back_what_was_written(built):
+    samples = data.load_samples(built["food"]["test"])
+    assert {s.dish for s in samples} == set(dishes.dish_names())
+    assert all("<image>" not in s.question and s.image.endswith(".jpg") for s in samples)
+
+
+def test_cli_builds_and_refuses(tmp_path):
+    out = tmp_path / "cli"
+    sizes = json.dumps({"general": {"train": 1, "val": 0, "test": 0},
+                        "food": {"train": 0, "val": 0, "test": 1}})
+    cmd = [sys.executable, "-m", "labkit.data", "build", str(out), "--seed", "4", "--sizes", sizes]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert (out / "food" / "test.json").is_file() and "pictures" in done.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 2 and "not empty" in again.stderr
