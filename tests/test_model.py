@@ -339,3 +339,65 @@ def test_extract_feature_shapes(parity_model):
     with torch.no_grad():
         features = model.extract_feature(torch.randn(3, 3, 64, 64))
     assert features.shape == (3, 16, 128)  # 8x8 patches -> 4x4 tokens per tile, LLM hidden 128
+
+
+# --- 6. transformers 5.x (the GPU machine's 5.17) ---------------------------------------------
+
+def _load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("transformers5_check", REPO_ROOT / "benchmarks" / "transformers5_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _complete(folder, pins):
+    """Every pinned package of the overlay is installed in ``folder``."""
+    for pin in pins:
+        name, version = pin.split("==")
+        if not (folder / f"{name.replace('-', '_')}-{version}.dist-info").is_dir():
+            return False
+    return True
+
+
+def transformers5_overlay(script):
+    """A folder holding transformers 5.17 to put first on PYTHONPATH; built once, then reused.
+
+    Looks at $LABKIT_TF5_PATH, /tmp/tf5, then the user cache; builds the last one with pip
+    (from the package index; no model or data download) and skips the test when pip cannot.
+    """
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "labkit" / "transformers-5.17.0"
+    candidates = [Path(p) for p in (os.environ.get("LABKIT_TF5_PATH"), "/tmp/tf5") if p] + [cache]
+    for folder in candidates:
+        if _complete(folder, script.TF5_OVERLAY):
+            return folder
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=".transformers5-", dir=cache.parent))
+    try:
+        script.make_overlay(building, timeout=100)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+        shutil.rmtree(building, ignore_errors=True)
+        pytest.skip(f"cannot pip-install transformers 5.17 here ({err}); set LABKIT_TF5_PATH to an overlay folder")
+    os.replace(building, cache)
+    return cache
+
+
+@pytest.mark.slow
+def test_checkpoint_works_under_transformers_5(tiny_checkpoint, tmp_path):
+    """benchmarks/transformers5_check.py passes under 4.57 and 5.17, with the same logits."""
+    script = _load_script()
+    overlay = transformers5_overlay(script)
+    runs = {}
+    for name, path in (("4", ()), ("5", (overlay,))):
+        done = run_python([REPO_ROOT / "benchmarks" / "transformers5_check.py", tiny_checkpoint,
+                           "--save", tmp_path / f"v{name}.safetensors"], pythonpath=path, timeout=300)
+        assert done.stdout.startswith(f"transformers {name}.") and done.stdout.rstrip().endswith("OK"), done.stdout
+        runs[name] = load_file(tmp_path / f"v{name}.safetensors")
+    assert (runs["4"]["logits"] - runs["5"]["logits"]).abs().max() <= 1e-5
