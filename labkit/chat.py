@@ -595,8 +595,8 @@ class OpenAIEngine(ChatEngine):
             return urllib.request.urlopen(request, timeout=self.timeout)
         except urllib.error.HTTPError as err:
             detail = _error_message(err)
-            if err.code == 400:
-                raise ChatInputError(f"The server refused the request: {detail}") from None
+            if 400 <= err.code < 500:  # the request was wrong (input, model name, address): fixable here
+                raise ChatInputError(f"The server refused the request (HTTP {err.code}): {detail}") from None
             raise RuntimeError(f"{self.base_url}{path} answered HTTP {err.code}: {detail}") from None
         except urllib.error.URLError as err:
             raise ConnectionError(
