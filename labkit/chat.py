@@ -396,6 +396,10 @@ class TransformersEngine(ChatEngine):
     def description(self):
         return f"transformers on {self.device}, {self.model_dir.name}, template {self.template}"
 
+    def generate_inputs(self, question, image=None, history=None, settings=None) -> dict:
+        """The exact keyword arguments this engine hands to ``model.generate`` (for a closer look)."""
+        return self._generate_kwargs(*self._prepare(question, image, history, settings))
+
     def _generate_kwargs(self, question, history, picture, settings) -> dict:
         pixel_values, tokens = None, 0
         if picture is not None:
