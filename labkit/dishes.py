@@ -30,13 +30,14 @@ class Look:
 
     container: what the food sits on - "steel_plate", "oval_plate", "round_plate", "steamer",
         "bowl", "tray", "paper" or "leaf".
-    piece: the shape drawn for one piece - see `labkit.render.PIECE_PAINTERS`.
+    piece: the shape drawn for one piece (see `labkit.render.PIECE_PAINTERS`).
     colors: the piece's main colour, a second colour and a third accent colour.
     sauce: colour of a sauce pool under the pieces, or None.
     dip: colour of a small dipping-sauce dish in the middle of the container, or None.
     garnish: colour of small sprinkled bits (scallion, chili, sesame), or None.
     count: (fewest, most) pieces per container.
-    arrangement: how pieces are placed - "rows", "fan", "ring", "grid", "hex", "scatter", "single".
+    arrangement: how pieces are placed - "stripes" (long pieces side by side), "line", "fan",
+        "ring", "grid", "hex" or "scatter" (see `labkit.render.ARRANGERS`).
     size: piece size as a fraction of the container's shorter side.
     """
 
@@ -68,7 +69,7 @@ DISHES: tuple[Dish, ...] = (
         "肠粉", "cheung_fun", "粤菜",
         "米浆蒸成薄皮卷起的长条，洁白半透明，浇上酱油，撒葱花，是广东早茶的常见点心。",
         Look("steel_plate", "roll", ((244, 242, 234), (228, 182, 160), (255, 255, 255)),
-             (2, 3), "rows", 0.3, sauce=(95, 45, 15), garnish=(70, 160, 60)),
+             (2, 3), "stripes", 0.3, sauce=(95, 45, 15), garnish=(70, 160, 60)),
         held_back=True,
     ),
     Dish(
@@ -117,14 +118,14 @@ DISHES: tuple[Dish, ...] = (
         "糖葫芦", "tanghulu", "京菜",
         "山楂串在竹签上，裹一层亮晶晶的糖衣，红艳酸甜，是北京的街头小吃。",
         Look("paper", "skewer", ((205, 10, 30), (130, 80, 40), (255, 235, 235)),
-             (2, 3), "rows", 0.16),
+             (2, 3), "stripes", 0.16),
         held_back=True,
     ),
     Dish(
         "月饼", "mooncake", "粤菜",
         "圆形的饼，饼皮金褐色，压有花纹，切开可见咸蛋黄和莲蓉馅，是中秋节的点心。",
         Look("round_plate", "mooncake", ((190, 110, 40), (140, 70, 20), (250, 170, 20)),
-             (1, 2), "rows", 0.62),
+             (1, 2), "line", 0.62),
     ),
     Dish(
         "饺子", "jiaozi", "东北菜",
@@ -142,7 +143,7 @@ DISHES: tuple[Dish, ...] = (
         "粽子", "zongzi", "浙菜",
         "糯米用粽叶包成三角形，用绳子扎紧蒸熟，端午节吃。",
         Look("leaf", "pyramid", ((70, 140, 45), (40, 95, 30), (200, 180, 130)),
-             (2, 3), "rows", 0.50),
+             (2, 3), "line", 0.50),
         held_back=True,
     ),
 )

@@ -407,79 +407,137 @@ class Container:
 
 
 ROUND_CONTAINERS = {"steamer", "round_plate", "bowl"}
+SHADOW = (0, 0, 0, 60)
 
 
-def _paint_container(cv: Canvas, kind: str, box: Container, look: Look) -> None:
-    """Draw the plate, steamer, bowl, tray, paper or leaves under the food."""
+def _draw_plate(cv: Canvas, box: Container, look: Look) -> None:
+    """A round or oval porcelain plate, sometimes with a coloured rim line."""
     rng = cv.rng
-    a, b, x, y, ang = box.a, box.b, box.x, box.y, box.angle
-    shadow = (0, 0, 0, 60)
-    if kind == "steel_plate":  # the metal plate 肠粉 is steamed and served on
-        steel = _jitter(rng, (150, 152, 156), 0.08)
-        rect = _rounded_rect(2 * a, 2 * b, 0.3 * b)
-        cv.poly(rect + [0.03 * b, 0.06 * b], x, y, ang, fill=shadow)
-        cv.poly(rect, x, y, ang, fill=_shade(steel, 0.8), outline=_shade(steel, 0.5), width=1.2)
-        cv.poly(rect * np.array([(a - 0.1 * b) / a, 0.9]), x, y, ang, fill=steel)
-        cv.poly(_rounded_rect(1.7 * a, 0.25 * b, 0.1 * b) + [0, -0.55 * b], x, y, ang,
-                fill=(255, 255, 255, 60))
-    elif kind in ("round_plate", "oval_plate", "leaf"):
-        plate = _jitter(rng, PLATE_COLORS[rng.integers(len(PLATE_COLORS))], 0.02)
-        outline = _ellipse(a, b, 64)
-        cv.poly(outline * 1.01 + [0.03 * b, 0.06 * b], x, y, ang, fill=shadow)
-        cv.poly(outline, x, y, ang, fill=plate, outline=_shade(plate, 0.8), width=1.0)
-        if rng.random() < 0.35:
-            rim = RIM_COLORS[rng.integers(len(RIM_COLORS))]
-            cv.line(np.concatenate([outline, outline[:1]]) * 0.93, x, y, ang, fill=rim, width=1.5)
-        inner = outline * np.array([(a - 0.14 * b) / a, 0.86])
-        cv.poly(inner, x, y, ang, fill=_shade(plate, 0.97), outline=_shade(plate, 0.9), width=0.8)
-        if kind == "leaf":
-            for k in range(3):
-                lx = (k - 1) * 0.5 * a
-                t = np.linspace(0, 2 * math.pi, 32, endpoint=False)
-                leaf = np.stack([0.55 * a * np.cos(t),
-                                 0.5 * b * np.sin(t) * (0.3 + 0.7 * np.abs(np.sin(t)))], axis=1)
-                cv.poly(leaf + [lx, rng.uniform(-0.2, 0.2) * b], x, y,
-                        ang + rng.uniform(-0.4, 0.4), fill=_jitter(rng, (95, 150, 60)),
-                        outline=(50, 100, 35), width=0.8)
-    elif kind == "steamer":
-        cv.poly(_ellipse(a * 1.02, a * 1.02) + [0.04 * a, 0.08 * a], x, y, 0, fill=shadow)
-        wood = _jitter(rng, BAMBOO, 0.05)
-        cv.poly(_ellipse(a, a, 64), x, y, 0, fill=_shade(wood, 0.85), outline=_shade(wood, 0.55),
-                width=1.2)
-        cv.poly(_ellipse(0.86 * a, 0.86 * a, 64), x, y, 0, fill=wood,
-                outline=_shade(wood, 0.6), width=1.0)
-        for k in range(-6, 7):  # woven slats of the steamer floor
-            off = k * 0.13 * a
-            half = math.sqrt(max(0.0, (0.84 * a) ** 2 - off ** 2))
-            cv.line(np.array([[off, -half], [off, half]]), x, y, 0, fill=_shade(wood, 0.8, 120))
-            cv.line(np.array([[-half, off], [half, off]]), x, y, 0, fill=_shade(wood, 0.8, 120))
-        if rng.random() < 0.5:  # paper liner
-            cv.poly(_ellipse(0.74 * a, 0.74 * a, 48), x, y, 0, fill=(245, 238, 215, 200))
-    elif kind == "bowl":
-        ceramic = _jitter(rng, ((245, 243, 238), (60, 45, 40), (230, 235, 245))[rng.integers(3)])
-        cv.poly(_ellipse(a * 1.02, a * 1.02) + [0.04 * a, 0.08 * a], x, y, 0, fill=shadow)
-        cv.poly(_ellipse(a, a, 64), x, y, 0, fill=ceramic, outline=_shade(ceramic, 0.7), width=1)
-        sauce = _jitter(rng, look.sauce or (150, 60, 30), 0.05)
-        cv.poly(_ellipse(0.84 * a, 0.84 * a, 64), x, y, 0, fill=sauce,
-                outline=_shade(ceramic, 0.6), width=1.0)
-        for _ in range(40):  # chili oil sheen and minced meat
-            sx, sy = rng.uniform(-0.6, 0.6, size=2) * a
-            cv.dot(x + sx, y + sy, rng.uniform(0.02, 0.05) * a,
-                   _shade(sauce, rng.choice([0.6, 1.25]), 160))
-    elif kind == "tray":
-        metal = _jitter(rng, (95, 92, 90), 0.1)
-        rect = _rounded_rect(2 * a, 2 * b, 0.12 * b)
-        cv.poly(rect + [0.03 * b, 0.06 * b], x, y, ang, fill=shadow)
-        cv.poly(rect, x, y, ang, fill=metal, outline=_shade(metal, 0.6), width=1.2)
-        cv.poly(rect * np.array([(a - 0.08 * b) / a, 0.92]), x, y, ang, fill=_shade(metal, 1.15))
-    elif kind == "paper":
-        sheet = _jitter(rng, ((240, 232, 210), (215, 190, 150), (250, 248, 242))[rng.integers(3)])
-        rect = _rounded_rect(2 * a, 2 * b, 0.02 * b)
-        cv.poly(rect + [0.02 * b, 0.04 * b], x, y, ang, fill=shadow)
-        cv.poly(rect, x, y, ang, fill=sheet, outline=_shade(sheet, 0.85), width=0.8)
-        cv.line(np.array([[-a, 0.1 * b], [a, -0.1 * b]]), x, y, ang, fill=_shade(sheet, 0.92))
-    else:
-        raise ValueError(f"unknown container {kind!r}: add it to labkit/render.py")
+    plate = _jitter(rng, PLATE_COLORS[rng.integers(len(PLATE_COLORS))], 0.02)
+    outline = _ellipse(box.a, box.b, 64)
+    cv.poly(outline * 1.01 + [0.03 * box.b, 0.06 * box.b], box.x, box.y, box.angle, fill=SHADOW)
+    cv.poly(outline, box.x, box.y, box.angle, fill=plate, outline=_shade(plate, 0.8), width=1.0)
+    if rng.random() < 0.35:
+        rim = RIM_COLORS[rng.integers(len(RIM_COLORS))]
+        cv.line(np.concatenate([outline, outline[:1]]) * 0.93, box.x, box.y, box.angle,
+                fill=rim, width=1.5)
+    inner = outline * np.array([(box.a - 0.14 * box.b) / box.a, 0.86])
+    cv.poly(inner, box.x, box.y, box.angle, fill=_shade(plate, 0.97),
+            outline=_shade(plate, 0.9), width=0.8)
+
+
+def _draw_leaves(cv: Canvas, box: Container, look: Look) -> None:
+    """An oval plate lined with three pointed bamboo leaves (under 粽子)."""
+    _draw_plate(cv, box, look)
+    t = np.linspace(0, 2 * math.pi, 32, endpoint=False)
+    leaf = np.stack([0.55 * box.a * np.cos(t),
+                     0.5 * box.b * np.sin(t) * (0.3 + 0.7 * np.abs(np.sin(t)))], axis=1)
+    for k in range(3):
+        shift = [(k - 1) * 0.5 * box.a, cv.rng.uniform(-0.2, 0.2) * box.b]
+        cv.poly(leaf + shift, box.x, box.y, box.angle + cv.rng.uniform(-0.4, 0.4),
+                fill=_jitter(cv.rng, (95, 150, 60)), outline=(50, 100, 35), width=0.8)
+
+
+def _draw_steel_plate(cv: Canvas, box: Container, look: Look) -> None:
+    """The shallow metal plate 肠粉 is steamed and served on, with a bright reflection."""
+    a, b = box.a, box.b
+    steel = _jitter(cv.rng, (150, 152, 156), 0.08)
+    rect = _rounded_rect(2 * a, 2 * b, 0.3 * b)
+    cv.poly(rect + [0.03 * b, 0.06 * b], box.x, box.y, box.angle, fill=SHADOW)
+    cv.poly(rect, box.x, box.y, box.angle, fill=_shade(steel, 0.8), outline=_shade(steel, 0.5),
+            width=1.2)
+    cv.poly(rect * np.array([(a - 0.1 * b) / a, 0.9]), box.x, box.y, box.angle, fill=steel)
+    cv.poly(_rounded_rect(1.7 * a, 0.25 * b, 0.1 * b) + [0, -0.55 * b], box.x, box.y, box.angle,
+            fill=(255, 255, 255, 60))
+
+
+def _draw_steamer(cv: Canvas, box: Container, look: Look) -> None:
+    """A round bamboo steamer seen from above: rim, woven floor, sometimes a paper liner."""
+    r, x, y = box.a, box.x, box.y
+    cv.poly(_ellipse(r * 1.02, r * 1.02) + [0.04 * r, 0.08 * r], x, y, 0, fill=SHADOW)
+    wood = _jitter(cv.rng, BAMBOO, 0.05)
+    cv.poly(_ellipse(r, r, 64), x, y, 0, fill=_shade(wood, 0.85), outline=_shade(wood, 0.55),
+            width=1.2)
+    cv.poly(_ellipse(0.86 * r, 0.86 * r, 64), x, y, 0, fill=wood, outline=_shade(wood, 0.6),
+            width=1.0)
+    for k in range(-6, 7):  # woven slats of the floor
+        off = k * 0.13 * r
+        half = math.sqrt(max(0.0, (0.84 * r) ** 2 - off ** 2))
+        cv.line(np.array([[off, -half], [off, half]]), x, y, 0, fill=_shade(wood, 0.8, 120))
+        cv.line(np.array([[-half, off], [half, off]]), x, y, 0, fill=_shade(wood, 0.8, 120))
+    if cv.rng.random() < 0.5:
+        cv.poly(_ellipse(0.74 * r, 0.74 * r, 48), x, y, 0, fill=(245, 238, 215, 200))
+
+
+def _draw_bowl(cv: Canvas, box: Container, look: Look) -> None:
+    """A ceramic bowl filled with the dish's sauce, flecked with oil and minced meat."""
+    rng, r, x, y = cv.rng, box.a, box.x, box.y
+    ceramic = _jitter(rng, ((245, 243, 238), (60, 45, 40), (230, 235, 245))[rng.integers(3)])
+    cv.poly(_ellipse(r * 1.02, r * 1.02) + [0.04 * r, 0.08 * r], x, y, 0, fill=SHADOW)
+    cv.poly(_ellipse(r, r, 64), x, y, 0, fill=ceramic, outline=_shade(ceramic, 0.7), width=1)
+    sauce = _jitter(rng, look.sauce or (150, 60, 30), 0.05)
+    cv.poly(_ellipse(0.84 * r, 0.84 * r, 64), x, y, 0, fill=sauce,
+            outline=_shade(ceramic, 0.6), width=1.0)
+    for _ in range(40):
+        sx, sy = rng.uniform(-0.6, 0.6, size=2) * r
+        cv.dot(x + sx, y + sy, rng.uniform(0.02, 0.05) * r,
+               _shade(sauce, rng.choice([0.6, 1.25]), 160))
+
+
+def _draw_tray(cv: Canvas, box: Container, look: Look) -> None:
+    """A dark metal baking tray (under 蛋挞)."""
+    a, b = box.a, box.b
+    metal = _jitter(cv.rng, (95, 92, 90), 0.1)
+    rect = _rounded_rect(2 * a, 2 * b, 0.12 * b)
+    cv.poly(rect + [0.03 * b, 0.06 * b], box.x, box.y, box.angle, fill=SHADOW)
+    cv.poly(rect, box.x, box.y, box.angle, fill=metal, outline=_shade(metal, 0.6), width=1.2)
+    cv.poly(rect * np.array([(a - 0.08 * b) / a, 0.92]), box.x, box.y, box.angle,
+            fill=_shade(metal, 1.15))
+
+
+def _draw_paper(cv: Canvas, box: Container, look: Look) -> None:
+    """A sheet of white, cream or kraft paper with a fold line (under 糖葫芦)."""
+    a, b = box.a, box.b
+    sheet = _jitter(cv.rng, ((240, 232, 210), (215, 190, 150), (250, 248, 242))[cv.rng.integers(3)])
+    rect = _rounded_rect(2 * a, 2 * b, 0.02 * b)
+    cv.poly(rect + [0.02 * b, 0.04 * b], box.x, box.y, box.angle, fill=SHADOW)
+    cv.poly(rect, box.x, box.y, box.angle, fill=sheet, outline=_shade(sheet, 0.85), width=0.8)
+    cv.line(np.array([[-a, 0.1 * b], [a, -0.1 * b]]), box.x, box.y, box.angle,
+            fill=_shade(sheet, 0.92))
+
+
+CONTAINER_PAINTERS = {
+    "round_plate": _draw_plate, "oval_plate": _draw_plate, "leaf": _draw_leaves,
+    "steel_plate": _draw_steel_plate, "steamer": _draw_steamer, "bowl": _draw_bowl,
+    "tray": _draw_tray, "paper": _draw_paper,
+}
+
+
+def _draw_extras(cv: Canvas, box: Container, look: Look) -> None:
+    """What lies between container and pieces: a sauce pool and a dipping dish, if any."""
+    rng = cv.rng
+    if look.sauce is not None and look.container != "bowl":
+        phase = rng.uniform(0, 6)
+        blob = _ellipse(box.a * 0.88, box.b * 0.84, 40, lambda t: 1 + 0.08 * np.sin(3 * t + phase))
+        cv.poly(blob, box.x, box.y, box.angle, fill=_jitter(rng, look.sauce) + (215,))
+    if look.dip is not None:
+        r = 0.22 * min(box.a, box.b)
+        cv.poly(_ellipse(r, r, 32), box.x + 0.1 * r, box.y + 0.15 * r, 0, fill=(0, 0, 0, 70))
+        cv.poly(_ellipse(r, r, 32), box.x, box.y, 0, fill=(245, 245, 240),
+                outline=(150, 150, 150), width=0.8)
+        cv.poly(_ellipse(0.75 * r, 0.75 * r, 32), box.x, box.y, 0, fill=_jitter(rng, look.dip))
+
+
+def _sprinkle(cv: Canvas, box: Container, look: Look) -> None:
+    """Small garnish bits (scallion, chili, black beans) scattered over the food."""
+    if look.garnish is None:
+        return
+    rng = cv.rng
+    for _ in range(int(rng.integers(8, 20))):
+        gx, gy = box.to_world(rng.uniform(-0.6, 0.6) * box.a, rng.uniform(-0.6, 0.6) * box.b)
+        bit = _rounded_rect(rng.uniform(1.2, 2.6) * cv.px, rng.uniform(1.0, 1.8) * cv.px,
+                            0.3 * cv.px)
+        cv.poly(bit, gx, gy, rng.uniform(0, math.pi), fill=_jitter(rng, look.garnish))
 
 
 # ----------------------------------------------------------------------------- arrangement
@@ -496,75 +554,101 @@ class Piece:
     angle: float
 
 
+def _stripes(box: Container, n: int, size: float, rng) -> list[Piece]:
+    """Long pieces (rolls, skewers) lying side by side along the container."""
+    gap = min(2 * box.b * 0.8 / n, size * 1.12)
+    length = 2 * box.a * 0.9 - (0 if box.a > box.b else 0.3 * box.b)
+    pieces = []
+    for i in range(n):
+        u, v = rng.uniform(-0.03, 0.03) * box.a, (i - (n - 1) / 2) * gap
+        flip = math.pi if rng.random() < 0.5 else 0.0
+        pieces.append(Piece(*box.to_world(u, v), length, size,
+                            box.angle + rng.uniform(-0.06, 0.06) + flip))
+    return pieces
+
+
+def _line(box: Container, n: int, size: float, rng) -> list[Piece]:
+    """Whole round pieces in a row along the container."""
+    d = min(size, 2 * box.a * 0.9 / n, 2 * box.b * 0.9)
+    return [Piece(*box.to_world((i - (n - 1) / 2) * d * 1.08, rng.uniform(-0.08, 0.08) * box.b),
+                  d, d, rng.uniform(0, 2 * math.pi)) for i in range(n)]
+
+
+def _fan(box: Container, n: int, size: float, rng) -> list[Piece]:
+    """Overlapping slices shingled along the container, slightly fanned out.
+
+    A long plate gets more slices, so that every tile of a long picture shows some.
+    """
+    n = round(n * min(3.0, max(1.0, box.a / (1.4 * box.b))))
+    thick = size * 0.42
+    step = min(max(2 * box.a * 0.75 / n, thick * 0.6), thick * 1.1)
+    return [Piece(*box.to_world((i - (n - 1) / 2) * step, 0), thick, 2 * box.b * 0.72,
+                  box.angle + (i - (n - 1) / 2) * 0.06 + rng.uniform(-0.05, 0.05))
+            for i in range(n)]
+
+
+def _ring(box: Container, n: int, size: float, rng) -> list[Piece]:
+    """Pieces around the centre, each turned to follow the circle."""
+    short = min(box.a, box.b)
+    radius = (0.38 if n <= 4 else 0.58) * short
+    d = min(size, 2 * math.pi * radius / n * (1.15 if n > 4 else 1.3))
+    phase = rng.uniform(0, 2 * math.pi)
+    pieces = []
+    for i in range(n):
+        t = phase + 2 * math.pi * i / n
+        u, v = radius * math.cos(t) * box.a / short, radius * math.sin(t) * box.b / short
+        pieces.append(Piece(*box.to_world(u, v), d, d * 0.7, box.angle + t - math.pi / 2))
+    return pieces
+
+
+def _grid(box: Container, n: int, size: float, rng) -> list[Piece]:
+    """Rows and columns filling the container (the piece count adapts to its shape)."""
+    round_box = box.a == box.b
+    inner_a, inner_b = (0.66 * box.a, 0.66 * box.b) if round_box else (0.9 * box.a, 0.86 * box.b)
+    rows = max(1, round(math.sqrt(n * inner_b / inner_a)))
+    cols = max(1, round(n / rows))
+    cell = min(2 * inner_a / cols, 2 * inner_b / rows)
+    d = min(size, cell * 0.95)
+    pieces = []
+    for i in range(rows * cols):
+        u = (i % cols - (cols - 1) / 2 + rng.uniform(-0.04, 0.04)) * cell
+        v = (i // cols - (rows - 1) / 2 + rng.uniform(-0.04, 0.04)) * cell
+        pieces.append(Piece(*box.to_world(u, v), d, d, rng.uniform(0, 2 * math.pi)))
+    return pieces
+
+
+def _hex(box: Container, n: int, size: float, rng) -> list[Piece]:
+    """One piece in the middle and up to six packed around it."""
+    d = min(size, 2 * min(box.a, box.b) * 0.85 / 3)
+    turn = rng.uniform(0, math.pi / 3)
+    spots = [(0.0, 0.0)] + [(1.05 * d * math.cos(turn + k * math.pi / 3),
+                             1.05 * d * math.sin(turn + k * math.pi / 3)) for k in range(6)]
+    return [Piece(*box.to_world(u, v), d, d, rng.uniform(0, 2 * math.pi)) for u, v in spots[:n]]
+
+
+def _scatter(box: Container, n: int, size: float, rng) -> list[Piece]:
+    """Pieces dropped at random spots that do not overlap much (up to n of them)."""
+    placed: list[tuple[float, float]] = []
+    for _ in range(400):
+        if len(placed) == n:
+            break
+        u, v = rng.uniform(-1, 1) * 0.62 * box.a, rng.uniform(-1, 1) * 0.62 * box.b
+        inside = (u / box.a) ** 2 + (v / box.b) ** 2 <= 0.62 ** 2
+        if inside and all((u - pu) ** 2 + (v - pv) ** 2 > (0.85 * size) ** 2 for pu, pv in placed):
+            placed.append((u, v))
+    return [Piece(*box.to_world(u, v), size, size * 1.1, rng.uniform(0, 2 * math.pi))
+            for u, v in placed]
+
+
+ARRANGERS = {"stripes": _stripes, "line": _line, "fan": _fan, "ring": _ring, "grid": _grid,
+             "hex": _hex, "scatter": _scatter}
+
+
 def _arrange(look: Look, box: Container, rng: np.random.Generator) -> list[Piece]:
     """Lay out a random number of pieces inside one container, following `look.arrangement`."""
     n = int(rng.integers(look.count[0], look.count[1] + 1))
-    a, b = box.a, box.b
-    size = look.size * 2 * b * rng.uniform(0.9, 1.1)
-    style = look.arrangement
-    pieces: list[Piece] = []
-    if style == "rows" and look.piece in ("roll", "skewer"):  # long pieces side by side
-        gap = min(2 * b * 0.8 / n, size * 1.12)
-        length = 2 * a * (0.86 if look.piece == "roll" else 0.98) - (0 if a > b else 0.3 * b)
-        for i in range(n):
-            u, v = rng.uniform(-0.03, 0.03) * a, (i - (n - 1) / 2) * gap
-            pieces.append(Piece(*box.to_world(u, v), length, size,
-                                box.angle + rng.uniform(-0.06, 0.06) + (math.pi if rng.random() < 0.5 else 0)))
-    elif style == "rows":  # whole pieces in a line along the container
-        d = min(size, 2 * a * 0.9 / n, 2 * b * 0.9)
-        for i in range(n):
-            u = (i - (n - 1) / 2) * d * 1.08
-            pieces.append(Piece(*box.to_world(u, rng.uniform(-0.08, 0.08) * b), d, d,
-                                rng.uniform(0, 2 * math.pi)))
-    elif style == "fan":  # overlapping slices shingled along the container
-        thick = size * 0.42
-        step = min(thick * 0.75, 2 * a * 0.8 / n)
-        for i in range(n):
-            u = (i - (n - 1) / 2) * step
-            tilt = (i - (n - 1) / 2) * 0.06
-            pieces.append(Piece(*box.to_world(u, 0), thick, 2 * b * 0.72,
-                                box.angle + tilt + rng.uniform(-0.05, 0.05)))
-    elif style == "ring":
-        radius = (0.38 if n <= 4 else 0.58) * min(a, b)
-        d = min(size, 2 * math.pi * radius / n * (1.15 if n > 4 else 1.3))
-        phase = rng.uniform(0, 2 * math.pi)
-        for i in range(n):
-            t = phase + 2 * math.pi * i / n
-            u, v = radius * math.cos(t) * a / min(a, b), radius * math.sin(t) * b / min(a, b)
-            pieces.append(Piece(*box.to_world(u, v), d, d * 0.7, box.angle + t - math.pi / 2))
-    elif style == "grid":
-        inner_a, inner_b = (0.66 * a, 0.66 * b) if a == b else (0.9 * a, 0.86 * b)
-        rows = max(1, round(math.sqrt(n * inner_b / inner_a)))
-        cols = max(1, round(n / rows))
-        cell = min(2 * inner_a / cols, 2 * inner_b / rows)
-        d = min(size, cell * 0.95)
-        for i in range(rows * cols):
-            u = (i % cols - (cols - 1) / 2) * cell + rng.uniform(-0.04, 0.04) * cell
-            v = (i // cols - (rows - 1) / 2) * cell + rng.uniform(-0.04, 0.04) * cell
-            pieces.append(Piece(*box.to_world(u, v), d, d, rng.uniform(0, 2 * math.pi)))
-    elif style == "hex":
-        d = min(size, 2 * min(a, b) * 0.85 / 3)
-        spots = [(0.0, 0.0)] + [(1.05 * d * math.cos(k * math.pi / 3),
-                                 1.05 * d * math.sin(k * math.pi / 3)) for k in range(6)]
-        turn = rng.uniform(0, math.pi / 3)
-        for u, v in spots[:n]:
-            uu, vv = u * math.cos(turn) - v * math.sin(turn), u * math.sin(turn) + v * math.cos(turn)
-            pieces.append(Piece(*box.to_world(uu, vv), d, d, rng.uniform(0, 2 * math.pi)))
-    elif style == "scatter":
-        placed: list[tuple[float, float]] = []
-        for _ in range(400):
-            if len(placed) == n:
-                break
-            u, v = rng.uniform(-1, 1) * 0.62 * a, rng.uniform(-1, 1) * 0.62 * b
-            if (u / a) ** 2 + (v / b) ** 2 > 0.62 ** 2:
-                continue
-            if all((u - pu) ** 2 + (v - pv) ** 2 > (0.85 * size) ** 2 for pu, pv in placed):
-                placed.append((u, v))
-        pieces = [Piece(*box.to_world(u, v), size, size * 1.1, rng.uniform(0, 2 * math.pi))
-                  for u, v in placed]
-    else:
-        raise ValueError(f"unknown arrangement {style!r}: add it to labkit/render.py")
-    return pieces
+    size = look.size * 2 * box.b * rng.uniform(0.9, 1.1)
+    return ARRANGERS[look.arrangement](box, n, size, rng)
 
 
 def _containers(look: Look, width: float, height: float, rng: np.random.Generator) -> list[Container]:
@@ -658,26 +742,11 @@ def render_dish(dish: Dish | str, seed: int, size: tuple[int, int] | None = None
     cv = Canvas(image, ImageDraw.Draw(image, "RGBA"), rng, float(SUPERSAMPLE))
     paint = PIECE_PAINTERS[look.piece]
     for box in _containers(look, big_w, big_h, rng):
-        _paint_container(cv, look.container, box, look)
-        if look.sauce is not None and look.container != "bowl":
-            blob = _ellipse(box.a * 0.88, box.b * 0.84, 40,
-                            lambda t: 1 + 0.08 * np.sin(3 * t + rng.uniform(0, 6)))
-            cv.poly(blob, box.x, box.y, box.angle, fill=_jitter(rng, look.sauce) + (215,))
-        if look.dip is not None:
-            r = 0.22 * min(box.a, box.b)
-            cv.poly(_ellipse(r, r, 32), box.x + 0.1 * r, box.y + 0.15 * r, 0, fill=(0, 0, 0, 70))
-            cv.poly(_ellipse(r, r, 32), box.x, box.y, 0, fill=(245, 245, 240),
-                    outline=(150, 150, 150), width=0.8)
-            cv.poly(_ellipse(0.75 * r, 0.75 * r, 32), box.x, box.y, 0, fill=_jitter(rng, look.dip))
+        CONTAINER_PAINTERS[look.container](cv, box, look)
+        _draw_extras(cv, box, look)
         for piece in _arrange(look, box, rng):
             paint(cv, look, piece.x, piece.y, piece.w, piece.h, piece.angle)
-        if look.garnish is not None:
-            for _ in range(int(rng.integers(8, 20))):
-                u, v = rng.uniform(-0.6, 0.6) * box.a, rng.uniform(-0.6, 0.6) * box.b
-                gx, gy = box.to_world(u, v)
-                bit = _rounded_rect(rng.uniform(1.2, 2.6) * cv.px, rng.uniform(1.0, 1.8) * cv.px,
-                                    0.3 * cv.px)
-                cv.poly(bit, gx, gy, rng.uniform(0, math.pi), fill=_jitter(rng, look.garnish))
+        _sprinkle(cv, box, look)
     small = image.reduce(SUPERSAMPLE)
     blur = rng.uniform(0.0, 0.8) if rng.random() < 0.6 else 0.0
     if blur > 0.05:

@@ -37,6 +37,8 @@ def test_held_back_dishes_look_unlike_every_known_dish():
     pieces = [d.look.piece for d in dishes.DISHES]
     assert len(set(pieces)) == len(pieces)  # every dish has its own piece painter
     assert set(pieces) <= set(render.PIECE_PAINTERS)
+    assert {d.look.container for d in dishes.DISHES} <= set(render.CONTAINER_PAINTERS)
+    assert {d.look.arrangement for d in dishes.DISHES} <= set(render.ARRANGERS)
 
 
 def _sha(path):
