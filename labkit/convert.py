@@ -598,7 +598,7 @@ def _convert_into(setup, weights, pretrained, pth_path, folder, max_shard_size, 
                 f"{report.max_logit_diff_merge:.3g} (> {report.merge_tolerance:.3g}); nothing was written."
             )
     model.to(dtype)
-    model.config.torch_dtype = dtype
+    _record_dtype(model, dtype)
     report.parameters = sum(p.numel() for p in model.parameters())
     model.save_pretrained(folder, safe_serialization=True, max_shard_size=max_shard_size)
     finish_folder(folder, tokenizer)
@@ -616,6 +616,14 @@ def _convert_into(setup, weights, pretrained, pth_path, folder, max_shard_size, 
     figures = folder_figures(folder)
     report.files, report.shards, report.weight_bytes = figures["files"], figures["shards"], figures["weight_bytes"]
     return report
+
+
+def _record_dtype(model, dtype):
+    """Write the weights' dtype into config.json, in the nested llm/vision configs too (as InternVL2-2B)."""
+    configs = [model.config, getattr(model.config, "llm_config", None), getattr(model.config, "vision_config", None),
+               getattr(model.language_model, "config", None), getattr(model.vision_model, "config", None)]
+    for config in filter(None, configs):
+        config.torch_dtype = dtype
 
 
 def load_trained_weights_loosely(model, weights, setup):
