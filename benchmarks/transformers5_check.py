@@ -65,7 +65,9 @@ def stored_weights(folder):
     from safetensors.torch import load_file
 
     index = folder / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    files = ["model.safetensors"]
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     weights = {}
     for name in files:
         weights.update(load_file(folder / name))
@@ -103,7 +105,7 @@ def check(folder, save=None):
     tiles = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     text = prompt(model, len(tiles))
     ids = tokenizer(text, return_tensors="pt")["input_ids"]
-    answer_ids = tokenizer("图中的菜是肠粉。<|im_end|>", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    answer_ids = tokenizer("图中的菜是肠粉。<|im_end|>", add_special_tokens=False, return_tensors="pt").input_ids
     ids = torch.cat([ids, answer_ids], dim=1)
     labels = ids.clone()
     labels[:, : ids.shape[1] - answer_ids.shape[1]] = -100
@@ -122,7 +124,7 @@ def check(folder, save=None):
     model.gradient_checkpointing_disable()
     model.zero_grad()
     model.eval()
-    assert torch.allclose(out.loss, loss_gc, atol=1e-5), f"gradient checkpointing changed the loss: {out.loss} vs {loss_gc}"
+    assert torch.allclose(out.loss, loss_gc, atol=1e-5), f"gradient checkpointing changed the loss to {loss_gc}"
     step(f"forward + backward with labels, loss {out.loss.item():.4f}", started)
 
     started = time.perf_counter()
@@ -130,17 +132,18 @@ def check(folder, save=None):
         logits = model(pixel_values=tiles, input_ids=ids).logits
     inputs = tokenizer(text, return_tensors="pt")
     settings = dict(max_new_tokens=10, min_new_tokens=10, do_sample=False)
-    cached = model.generate(pixel_values=tiles, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **settings)
-    recomputed = model.generate(pixel_values=tiles, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                use_cache=False, **settings)
-    assert cached.shape == (1, 10) and torch.equal(cached, recomputed), f"KV cache changes the tokens: {cached} vs {recomputed}"
+    prompt_ids = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    cached = model.generate(pixel_values=tiles, **prompt_ids, **settings)
+    recomputed = model.generate(pixel_values=tiles, **prompt_ids, use_cache=False, **settings)
+    assert cached.shape == (1, 10) and torch.equal(cached, recomputed), f"KV cache changes tokens: {cached} {recomputed}"
     step("generate with and without KV cache: same 10 tokens", started)
 
     started = time.perf_counter()
     gen = dict(max_new_tokens=8, do_sample=False)
     answer, history = model.chat(tokenizer, tiles, QUESTION, gen, return_history=True)
     again, history = model.chat(tokenizer, tiles, "这是哪一道菜？", gen, history=history, return_history=True)
-    batch = model.batch_chat(tokenizer, torch.cat([tiles, tiles[:2]]), [QUESTION, "这是哪一道菜？"], gen, num_patches_list=[3, 2])
+    batch = model.batch_chat(tokenizer, torch.cat([tiles, tiles[:2]]), [QUESTION, "这是哪一道菜？"], gen,
+                             num_patches_list=[3, 2])
     alone = model.chat(tokenizer, tiles[:2], "这是哪一道菜？", gen)
     assert isinstance(answer, str) and isinstance(again, str) and len(history) == 2
     assert batch == [answer, alone], f"batch_chat {batch} differs from chat {[answer, alone]}"

@@ -46,7 +46,8 @@ def randomize_(model, seed=0):
     with torch.no_grad():
         for name, param in model.named_parameters():
             noise = torch.randn(param.shape, generator=generator)
-            if param.ndim == 1 and (name.endswith((".ls1", ".ls2")) or "norm" in name or name.startswith("mlp1.0.weight")):
+            scale_like = name.endswith((".ls1", ".ls2", "norm.weight", "norm1.weight", "norm2.weight", "mlp1.0.weight"))
+            if param.ndim == 1 and scale_like:
                 param.copy_(1.0 + 0.2 * noise)  # norm weights and layer scales
             elif param.ndim == 1:
                 param.copy_(0.1 * noise)  # biases

@@ -75,7 +75,8 @@ def test_truncated_weights(folder, keep):
 def test_shard_listed_in_the_index_is_missing(folder):
     index = {"metadata": {}, "weight_map": {"mlp1.0.weight": "model-00001-of-00002.safetensors"}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index), encoding="utf-8")
-    with pytest.raises(CheckpointError, match=re.escape(str(folder / "model-00001-of-00002.safetensors")) + ": missing"):
+    shard = folder / "model-00001-of-00002.safetensors"
+    with pytest.raises(CheckpointError, match=re.escape(str(shard)) + ": missing"):
         check_model_folder(folder)
 
 
@@ -108,10 +109,12 @@ def test_missing_tokenizer(folder):
 def test_tokenizer_without_img_context(folder):
     """Remove <IMG_CONTEXT> from every tokenizer file, as a hand-edited tokenizer might."""
     gone = "<IMG_CONTEXT>"
-    edit_json(folder / "tokenizer.json", lambda t: t.update(added_tokens=[a for a in t["added_tokens"] if a["content"] != gone]))
+    edit_json(folder / "tokenizer.json",
+              lambda t: t.update(added_tokens=[a for a in t["added_tokens"] if a["content"] != gone]))
 
     def drop_from_config(config):
-        config["added_tokens_decoder"] = {k: v for k, v in config["added_tokens_decoder"].items() if v["content"] != gone}
+        decoder = config["added_tokens_decoder"]
+        config["added_tokens_decoder"] = {k: v for k, v in decoder.items() if v["content"] != gone}
         for key in ("additional_special_tokens", "extra_special_tokens"):
             if isinstance(config.get(key), list):
                 config[key] = [t for t in config[key] if t != gone]

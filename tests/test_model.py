@@ -24,8 +24,6 @@ from fixtures_model import (  # noqa: F401  (pytest fixtures)
 from labkit.checkpoint import INTERNVL2_2B_CONFIG, build_model, load_config
 from labkit.model import pixel_shuffle
 
-GREEDY = dict(max_new_tokens=8, do_sample=False)
-
 # --- 1. a checkpoint stands on its own: fresh process, Auto classes, remote code ------------
 
 FRESH_PROCESS_SCRIPT = r"""
@@ -48,9 +46,10 @@ def chat(*args, **kwargs):
 
 (first, history), prompt1 = chat(tiles["wide"], "图中的菜是什么？", gen, return_history=True)
 (second, history), prompt2 = chat(tiles["wide"], "这是哪一道菜？", gen, history=history, return_history=True)
-batch = model.batch_chat(tokenizer, torch.cat([tiles["wide"], tiles["mid"]]), ["图中的菜是什么？", "这是哪一道菜？"],
-                         gen, num_patches_list=[len(tiles["wide"]), len(tiles["mid"])])
-singles = [model.chat(tokenizer, tiles[k], q, gen) for k, q in (("wide", "图中的菜是什么？"), ("mid", "这是哪一道菜？"))]
+asks = (("wide", "图中的菜是什么？"), ("mid", "这是哪一道菜？"))
+batch = model.batch_chat(tokenizer, torch.cat([tiles[k] for k, _ in asks]), [q for _, q in asks], gen,
+                         num_patches_list=[len(tiles[k]) for k, _ in asks])
+singles = [model.chat(tokenizer, tiles[k], q, gen) for k, q in asks]
 stored = load_file(f"{ckpt}/model.safetensors")
 loaded = model.state_dict()
 print(json.dumps({
@@ -85,8 +84,9 @@ def test_checkpoint_chats_in_a_fresh_process(tiny_checkpoint, tmp_path):
     assert out["prompt1"].count("<img>") == 1 and "图中的菜是什么？" in out["prompt1"]
     # turn 2 repeats turn 1 (with its image) and its answer before the new question
     assert out["prompt2"].count("<IMG_CONTEXT x16>") == 4
-    turn1 = out["prompt2"].index("图中的菜是什么？")
-    assert turn1 < out["prompt2"].index(out["first"] + "<|im_end|>", turn1) < out["prompt2"].index("这是哪一道菜？")
+    prompt2 = out["prompt2"]
+    turn1 = prompt2.index("图中的菜是什么？")
+    assert turn1 < prompt2.index(out["first"] + "<|im_end|>", turn1) < prompt2.index("这是哪一道菜？")
     assert [q for q, _ in out["history"]] == ["<image>\n图中的菜是什么？", "这是哪一道菜？"]
     assert [a for _, a in out["history"]] == [out["first"], out["second"]]
     # a left-padded batch answers as each question alone does
@@ -142,7 +142,8 @@ def test_generation_with_and_without_kv_cache_is_identical(parity_model):
     runs = {}
     for use_cache in (True, False):
         runs[use_cache] = model.generate(
-            pixel_values=tiles, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=20, min_new_tokens=20, do_sample=False,
+            pixel_values=tiles, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+            max_new_tokens=20, min_new_tokens=20, do_sample=False,
             use_cache=use_cache, output_scores=True, return_dict_in_generate=True,
         )
     assert runs[True].sequences.shape == (1, 20)
@@ -185,7 +186,8 @@ def test_training_forward_loss_and_gradient_checkpointing(parity_model):
         model.zero_grad()
         if checkpointing:
             model.gradient_checkpointing_enable()
-        out = model(pixel_values=tiles, input_ids=ids, labels=labels, image_flags=torch.ones(len(tiles), dtype=torch.long))
+        flags = torch.ones(len(tiles), dtype=torch.long)  # as XTuner passes them: every tile is real
+        out = model(pixel_values=tiles, input_ids=ids, labels=labels, image_flags=flags)
         out.loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         expected = torch.nn.functional.cross_entropy(out.logits[0, :-1].detach(), labels[0, 1:])
@@ -346,7 +348,8 @@ def test_extract_feature_shapes(parity_model):
 def _load_script():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("transformers5_check", REPO_ROOT / "benchmarks" / "transformers5_check.py")
+    path = REPO_ROOT / "benchmarks" / "transformers5_check.py"
+    spec = importlib.util.spec_from_file_location("transformers5_check", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -75,8 +75,8 @@ def test_logits_match_on_a_prompt_with_several_tiles(pair):
     inputs = prompt_with_image(model, tokenizer, tiles)
     assert int((inputs["input_ids"] == model.img_context_token_id).sum()) == 4 * 16
     with torch.no_grad():
-        ours = model(pixel_values=tiles, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-        theirs = reference(pixel_values=tiles, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        ours = model(pixel_values=tiles, **inputs).logits
+        theirs = reference(pixel_values=tiles, **inputs).logits
     assert ours.std() > 0.5  # logits of order one: the tolerance below is a real constraint
     diff = (ours - theirs).abs().max().item()
     print(f"max |logit difference| = {diff:.2e} over {ours.numel()} logits (max |logit| {ours.abs().max():.2f})")
