@@ -1,0 +1,78 @@
+"""The main job: run the whole course headless on the tiny default and write a report.
+
+    python -m labkit.course [--run-dir runs/NAME] [--cache-dir .cache/labkit]
+
+1. make sure the tiny base model and the food data exist (built once into the cache folder),
+2. execute notebooks 01-05 in order with papermill, each with the run folder as a parameter,
+3. keep the executed copies under ``RUN/notebooks/`` and write ``RUN/report.md`` + ``report.html``.
+"""
+import argparse
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = [
+    "01_architecture.ipynb",
+    "02_baseline_chat.ipynb",
+    "03_finetune.ipynb",
+    "04_conversion.ipynb",
+    "05_comparison.ipynb",
+]
+DEFAULT_CACHE = REPO_ROOT / ".cache" / "labkit"
+
+
+def new_run_dir(root=REPO_ROOT / "runs"):
+    return Path(root) / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def run_course(run_dir=None, cache_dir=DEFAULT_CACHE, notebooks=NOTEBOOKS, parameters=None, progress=True):
+    """Execute the notebooks in order into ``run_dir``; return the report path."""
+    import papermill
+
+    from labkit.report import write_report
+
+    run_dir = Path(run_dir or new_run_dir())
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir} already holds a run; choose a new --run-dir (nothing was changed).")
+    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    (run_dir / "figures").mkdir(exist_ok=True)
+    params = {"run_dir": str(run_dir.resolve()), "cache_dir": str(Path(cache_dir).resolve()), "device": "cpu"}
+    params.update(parameters or {})
+    record = {"started": datetime.now().isoformat(timespec="seconds"), "notebooks": [], "parameters": params}
+    start = time.perf_counter()
+    for name in notebooks:
+        t0 = time.perf_counter()
+        print(f"[labkit] running {name} ...", flush=True)
+        papermill.execute_notebook(
+            str(REPO_ROOT / "notebooks" / name),
+            str(run_dir / "notebooks" / name),
+            parameters=params,
+            cwd=str(REPO_ROOT / "notebooks"),
+            progress_bar=progress,
+            kernel_name="python3",
+        )
+        record["notebooks"].append({"name": name, "seconds": round(time.perf_counter() - t0, 1)})
+        print(f"[labkit] {name} done in {record['notebooks'][-1]['seconds']:.0f} s", flush=True)
+    record["wall_s"] = round(time.perf_counter() - start, 1)
+    base = run_dir / "base_model.txt"
+    record["base_model"] = base.read_text(encoding="utf-8").strip() if base.is_file() else "tiny base model"
+    (run_dir / "course.json").write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
+    report = write_report(run_dir)
+    print(f"[labkit] report: {report}", flush=True)
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m labkit.course", description="Run the whole course headless.")
+    parser.add_argument("--run-dir", type=Path, default=None, help="where to put this run (default runs/DATE-TIME)")
+    parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("LABKIT_CACHE", DEFAULT_CACHE)))
+    args = parser.parse_args(argv)
+    run_course(args.run_dir, args.cache_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
