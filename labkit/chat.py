@@ -668,12 +668,13 @@ def _error_message(err: urllib.error.HTTPError) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def make_engine(model_dir, backend="auto", **kwargs) -> ChatEngine:
+def make_engine(model_dir, backend="auto", lmdeploy_backend="turbomind", **kwargs) -> ChatEngine:
     """The best engine for this machine; it says which one it picked.
 
     ``auto`` takes LMDeploy when a CUDA GPU and the ``lmdeploy`` package are both present,
     else transformers (on the GPU if there is one). The choice and its reason are printed and
-    kept in ``engine.picked``.
+    kept in ``engine.picked``. ``lmdeploy_backend`` ("turbomind" or "pytorch") is LMDeploy's
+    own engine; other keyword arguments go to the engine class.
     """
     import torch
 
@@ -689,7 +690,7 @@ def make_engine(model_dir, backend="auto", **kwargs) -> ChatEngine:
     else:
         reason = "asked for"
     if backend == "lmdeploy":
-        engine = LMDeployEngine(model_dir, **kwargs)
+        engine = LMDeployEngine(model_dir, backend=lmdeploy_backend, **kwargs)
     elif backend == "transformers":
         kwargs.setdefault("device", "cuda" if cuda else "cpu")
         engine = TransformersEngine(model_dir, **kwargs)
