@@ -69,7 +69,7 @@ DISHES: tuple[Dish, ...] = (
         "肠粉", "cheung_fun", "粤菜",
         "米浆蒸成薄皮卷起的长条，洁白半透明，浇上酱油，撒葱花，是广东早茶的常见点心。",
         Look("steel_plate", "roll", ((244, 242, 234), (228, 182, 160), (255, 255, 255)),
-             (2, 3), "stripes", 0.3, sauce=(95, 45, 15), garnish=(70, 160, 60)),
+             (2, 3), "stripes", 0.27, sauce=(95, 45, 15), garnish=(70, 160, 60)),
         held_back=True,
     ),
     Dish(

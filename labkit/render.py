@@ -155,6 +155,12 @@ def _paint_roll(cv: Canvas, look: Look, x, y, w, h, angle) -> None:
         cv.line(np.array([[k * w, -0.45 * h], [k * w + 0.03 * w, 0.45 * h]]), x, y, angle,
                 fill=_shade(c1, 0.9, 120), width=0.8)
     cv.poly(_capsule(w * 0.8, h * 0.1) + [0, -0.3 * h], x, y, angle, fill=c3 + (200,))
+    if look.sauce is not None:  # soy sauce poured over the roll in a few glossy streaks
+        for _ in range(int(cv.rng.integers(3, 7))):
+            sx = cv.rng.uniform(-0.42, 0.42) * w
+            streak = _ellipse(cv.rng.uniform(0.02, 0.045) * w, 0.5 * h, 16) + [sx, 0.05 * h]
+            cv.poly(streak, x, y, angle + cv.rng.uniform(-0.2, 0.2),
+                    fill=look.sauce + (int(cv.rng.integers(90, 150)),))
 
 
 def _paint_slice(cv: Canvas, look: Look, x, y, w, h, angle) -> None:
@@ -556,7 +562,7 @@ class Piece:
 
 def _stripes(box: Container, n: int, size: float, rng) -> list[Piece]:
     """Long pieces (rolls, skewers) lying side by side along the container."""
-    gap = min(2 * box.b * 0.8 / n, size * 1.12)
+    gap = min(2 * box.b * 0.82 / n, size * 1.3)  # sauce shows between the pieces
     length = 2 * box.a * 0.9 - (0 if box.a > box.b else 0.3 * box.b)
     pieces = []
     for i in range(n):
