@@ -65,6 +65,7 @@ def train_tokenizer(texts, vocab_size=1200):
         additional_special_tokens=CHAT_SPECIALS,
         model_max_length=8192,
         clean_up_tokenization_spaces=False,
+        model_input_names=["input_ids", "attention_mask"],  # as InternLM2's: no token_type_ids for generate()
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
