@@ -213,6 +213,16 @@ def test_bfloat16_forward_as_xtuner_loads_it(tiny_checkpoint):
     assert torch.isfinite(out.loss) and out.logits.shape == (1, ids.shape[1], len(tokenizer))
 
 
+def test_generate_takes_the_tokenizer_output_as_it_is(parity_model):
+    """``model.generate(**tokenizer(prompt))``: the tokenizer gives only what the model reads."""
+    model, tokenizer = parity_model
+    tiles = image_tiles(model.config, 64, 64)
+    query, _ = model.build_prompt("<image>\n图中的菜是什么？", None, [len(tiles)])
+    inputs = tokenizer(query, return_tensors="pt")
+    assert sorted(inputs) == ["attention_mask", "input_ids"]
+    assert model.generate(pixel_values=tiles, **inputs, max_new_tokens=2, do_sample=False).shape[0] == 1
+
+
 def test_image_token_count_mismatch_is_explained(parity_model):
     model, tokenizer = parity_model
     tiles = image_tiles(model.config, 192, 64)
