@@ -90,12 +90,13 @@ class TrainSetup:
 
 
 def _lora_settings(value, key, config_path):
-    """A config's ``dict(type=LoraConfig, r=..., ...)`` (or a LoraConfig) as plain kwargs."""
+    """A config's ``dict(type=LoraConfig, r=..., ...)`` as plain kwargs (a LoraConfig object as is)."""
     if value is None:
         return None
-    if hasattr(value, "to_dict") and not isinstance(value, dict):  # a LoraConfig object
-        value = {k: getattr(value, k) for k in ("r", "lora_alpha", "lora_dropout", "target_modules",
-                                                "bias", "task_type", "use_rslora", "use_dora")}
+    if not isinstance(value, dict):
+        if type(value).__name__ != "LoraConfig":
+            raise ConversionError(f"{config_path}: model.{key} is a {type(value).__name__}, not a LoRA config.")
+        return value
     settings = dict(value)
     kind = settings.pop("type", "LoraConfig")
     kind_name = getattr(kind, "__name__", str(kind)).rsplit(".", 1)[-1]
@@ -141,7 +142,9 @@ def read_train_setup(config_path):
     try:
         cfg = Config.fromfile(str(config_path))
     except Exception as err:  # a syntax error or a failing import inside the config
-        raise ConversionError(f"{config_path}: mmengine could not read this config ({type(err).__name__}: {err}).") from err
+        raise ConversionError(
+            f"{config_path}: mmengine could not read this config ({type(err).__name__}: {err})."
+        ) from err
     model_cfg = cfg.get("model")
     if not model_cfg or "model_path" not in model_cfg:
         raise ConversionError(f"{config_path}: has no model = dict(type=InternVL_V1_5, model_path=...) section.")
@@ -300,12 +303,13 @@ def linear_leaf_names(module):
 
 
 def _lora_config(settings, module):
+    """A LoraConfig as XTuner builds it; ``target_modules=None`` resolved by XTuner's rule."""
     from peft import LoraConfig
 
-    settings = copy.deepcopy(settings)
-    if settings.get("target_modules") is None:
-        settings["target_modules"] = linear_leaf_names(module)
-    return LoraConfig(**settings)
+    config = copy.deepcopy(settings) if isinstance(settings, LoraConfig) else LoraConfig(**settings)
+    if config.target_modules is None:
+        config.target_modules = linear_leaf_names(module)
+    return config
 
 
 def wrap_like_xtuner(model, setup):
@@ -368,7 +372,8 @@ def load_trained_weights(model, weights, setup, pth_path):
     if foreign:
         hint = ""
         if any("lora_" in k for k in foreign):
-            hint = " It holds LoRA weights this config does not create: is it from another config (llm_lora / visual_encoder_lora)?"
+            hint = (" It holds LoRA weights this config does not create: is it from another config "
+                    "(llm_lora / visual_encoder_lora)?")
         raise ConversionError(
             f"{where}: {len(foreign)} of its {len(weights)} keys are not in the model: {_few(foreign)}.{hint} "
             "Convert with the config that trained this checkpoint."
@@ -527,7 +532,8 @@ class ConversionReport:
 def _check_paths(setup, pth_path, out_dir):
     """Refuse an output folder that would swallow its own inputs (``--overwrite`` deletes it)."""
     out = out_dir.resolve()
-    for name, path in (("the base model", setup.model_path), ("the checkpoint", pth_path), ("the config", setup.config_path)):
+    inputs = (("the base model", setup.model_path), ("the checkpoint", pth_path), ("the config", setup.config_path))
+    for name, path in inputs:
         path = Path(path).resolve()
         if path == out or out in path.parents:
             raise ConversionError(f"{out_dir}: is (or contains) {name} {path}; write the merged model somewhere else.")
@@ -632,7 +638,8 @@ def load_trained_weights_loosely(model, weights, setup):
     unknown = set(stripped) - set(model.state_dict())
     if unknown or not stripped:
         raise ConversionError(
-            f"{setup.pretrained_pth} (pretrained_pth in {setup.config_path}): keys do not fit the model: {_few(unknown or weights)}."
+            f"{setup.pretrained_pth} (pretrained_pth in {setup.config_path}): keys do not fit the model: "
+            f"{_few(unknown or weights)}."
         )
     model.load_state_dict(stripped, strict=False)
 

@@ -9,6 +9,7 @@ not against labkit's idea of it.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -154,7 +155,7 @@ def lora_run(base, gloo, tmp_path_factory):
 
 # --- the conversion itself ----------------------------------------------------------------------
 def test_lora_pth_merges_into_a_folder_with_xtuners_logits(lora_run, base, tmp_path):
-    out = conv.convert(lora_run.config, lora_run.pth, tmp_path / "merged", dtype="float32", quiet=True)
+    out = conv.convert(lora_run.config, lora_run.pth, tmp_path / "lora-fp32", dtype="float32", quiet=True)
     report = conv.read_report(out)
     # convert's own proof: merged == LoRA model, and the folder answers in a fresh process
     assert report["kind"] == "lora"
@@ -173,11 +174,11 @@ def test_lora_pth_merges_into_a_folder_with_xtuners_logits(lora_run, base, tmp_p
     # and it is a plain InternVL2 folder: base parameter names, no adapter left
     assert set(weights_of(out)) == set(weights_of(base))
     check_model_folder(out)
-    assert leftovers(tmp_path, "merged") == []
+    assert leftovers(tmp_path, "lora-fp32") == []
 
 
 def test_default_bf16_folder_is_sharded_with_an_index(lora_run, base, tmp_path):
-    out = conv.convert(lora_run.config, lora_run.pth, tmp_path / "merged", max_shard_size="400KB", verify=False,
+    out = conv.convert(lora_run.config, lora_run.pth, tmp_path / "lora-bf16", max_shard_size="400KB", verify=False,
                        quiet=True)
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
@@ -202,7 +203,7 @@ def test_full_finetune_checkpoint_replaces_the_weights(base, gloo, tmp_path):
     xt_model = build_xtuner_model(config)
     move_weights(xt_model, names=("language_model", "vision_model", "mlp1"), scale=0.01)
     pth = save_like_mmengine(xt_model, tmp_path / "iter_5.pth", config)
-    out = conv.convert(config, pth, tmp_path / "merged", dtype="float32", verify=False, quiet=True)
+    out = conv.convert(config, pth, tmp_path / "full-fp32", dtype="float32", verify=False, quiet=True)
     report = conv.read_report(out)
     assert report["kind"] == "full" and report["lora_layers_merged"] == 0
     trained = {k[len("model."):]: v for k, v in xt_model.state_dict().items()}
@@ -210,6 +211,21 @@ def test_full_finetune_checkpoint_replaces_the_weights(base, gloo, tmp_path):
     assert set(weights) == set(trained)
     assert all(torch.equal(weights[k], trained[k].float()) for k in weights)
     assert report["max_logit_diff_merge"] is None  # verify=False measures nothing
+
+
+def test_xtuners_own_model_class_in_bf16_converts_too(base, gloo, tmp_path):
+    """The GPU course config names XTuner's InternVL_V1_5 itself, which keeps ViT and mlp1 in bf16."""
+    settings = lora_settings(base, lean_logits=False, weights_dtype="bfloat16")
+    config = write_config(tmp_path / "plain.py", settings)
+    assert "type=InternVL_V1_5" in config.read_text()
+    xt_model = build_xtuner_model(config)
+    move_weights(xt_model, seed=2)
+    pth = save_like_mmengine(xt_model, tmp_path / "iter_3.pth", config)
+    out = conv.convert(config, pth, tmp_path / "plain-fp32", dtype="float32", verify=False, quiet=True)
+    base_model, tokenizer = load_checkpoint(base)
+    inputs = probe_of_our_own(base_model, tokenizer)
+    diff = conv.max_diff(folder_logits(out, inputs), xtuner_logits(xt_model, inputs))
+    assert diff <= 1e-4, diff
 
 
 # --- safety ---------------------------------------------------------------------------------------
@@ -305,12 +321,8 @@ def test_checkpoint_from_another_config_is_refused(lora_run, base, tmp_path):
 
 
 def test_deepspeed_folder_needs_deepspeed(lora_run, tmp_path):
-    try:
-        import deepspeed  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("deepspeed is installed here")
+    if importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("deepspeed is installed here: the folder would be read, not refused")
     ds = tmp_path / "iter_10.pth"
     ds.mkdir()
     (ds / "mp_rank_00_model_states.pt").write_bytes(b"")
