@@ -516,8 +516,9 @@ class ConversionReport:
             f"  {self.shards} safetensors file(s), {self.weight_bytes / 2**20:.2f} MiB of weights",
         ]
         if self.max_logit_diff_merge is not None:
+            merged = "merged vs LoRA model" if self.kind == "lora" else "no LoRA to merge; merge step vs loaded model"
             lines.append(
-                f"  training moved the probe logits by up to {self.logit_change_vs_base:.4g}; merged vs LoRA model: "
+                f"  training moved the probe logits by up to {self.logit_change_vs_base:.4g}; {merged}: "
                 f"max |diff| {self.max_logit_diff_merge:.3g} (tolerance {self.merge_tolerance:.3g})"
             )
         if self.max_logit_diff_fresh is not None:
