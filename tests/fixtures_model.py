@@ -30,7 +30,9 @@ _BUILT = {}  # name -> path: one build per session, shared by every module that 
 def run_python(args, cwd=None, env=None, timeout=300, pythonpath=(REPO_ROOT,)):
     """Run ``python ARGS`` in a fresh interpreter; fail the test with its output if it fails."""
     full_env = {**os.environ, **(env or {})}
-    full_env["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath)
+    full_env.pop("PYTHONPATH", None)
+    if pythonpath:
+        full_env["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath)
     done = subprocess.run(
         [sys.executable, *map(str, args)], cwd=cwd or REPO_ROOT, env=full_env,
         capture_output=True, text=True, timeout=timeout,
