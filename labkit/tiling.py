@@ -247,6 +247,10 @@ def open_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     name = _describe(source)
     if isinstance(source, Image.Image):
         _check_pixels(source.width, source.height, name, max_pixels)
+        try:
+            source.load()  # an Image.open()ed picture decodes only now
+        except (OSError, SyntaxError) as err:
+            raise ValueError(f"Image {name} is corrupt or truncated ({err}): replace the file.") from err
         return source if source.mode == "RGB" else source.convert("RGB")
 
     if isinstance(source, (bytes, bytearray)):

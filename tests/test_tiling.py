@@ -290,6 +290,8 @@ def test_truncated_jpeg_is_named(tmp_path):
     with pytest.raises(ValueError, match="corrupt or truncated") as err:
         tiling.load_image(path, **TINY)
     assert str(path) in str(err.value)
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        tiling.load_image(Image.open(path), **TINY)  # opened lazily by the caller
 
 
 def test_folder_is_refused(tmp_path):
