@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 import tempfile
 from pathlib import Path
 
@@ -106,12 +107,20 @@ def _publish(tmp_dir, out_dir):
         os.replace(tmp_dir, out_dir)
 
 
-def finish_folder(folder, tokenizer):
-    """Make a saved model folder official: auto_map, remote code, tokenizer, generation config."""
+def finish_folder(folder, tokenizer, dtype=None):
+    """Make a saved model folder official: auto_map, remote code, tokenizer, generation config.
+
+    ``dtype`` is recorded as ``torch_dtype`` (the key InternVL2 checkpoints and older tools read)
+    at the top level and in both nested configs.
+    """
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     config["architectures"] = ["InternVLChatModel"]
     config["auto_map"] = dict(AUTO_MAP)
+    if dtype is not None:
+        name = str(dtype).replace("torch.", "")
+        for part in (config, config.get("vision_config", {}), config.get("llm_config", {})):
+            part["torch_dtype"] = name
     (folder / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     code_dir = Path(model_code.__file__).parent
     for name in model_code.REMOTE_CODE_FILES:
@@ -135,9 +144,8 @@ def write_checkpoint(out_dir, config=None, tokenizer=None, seed=0, dtype=torch.b
     try:
         model = model if model is not None else build_model(config, seed=seed)
         model = model.to(dtype)
-        model.config.torch_dtype = dtype
         model.save_pretrained(tmp_dir, safe_serialization=True, max_shard_size=max_shard_size)
-        finish_folder(tmp_dir, tokenizer)
+        finish_folder(tmp_dir, tokenizer, dtype)
         _publish(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -235,7 +243,7 @@ def load_checkpoint(path, dtype=torch.float32, device="cpu"):
     check_model_folder(path)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=True)
     check_tokenizer(tokenizer, f"{Path(path) / 'tokenizer_config.json'}")
-    model = AutoModel.from_pretrained(str(path), trust_remote_code=True, torch_dtype=dtype).to(device).eval()
+    model = AutoModel.from_pretrained(str(path), trust_remote_code=True, dtype=dtype).to(device).eval()
     model.img_context_token_id = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
     return model, tokenizer
 
@@ -249,14 +257,18 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    if args.check:
-        check_model_folder(args.out_dir)
-        print(f"{args.out_dir}: looks like a complete InternVL2 checkpoint.")
-        return 0
-    if args.tiny == bool(args.config):
+    if args.tiny == bool(args.config) and not args.check:
         parser.error("give exactly one of --tiny or --config")
-    config = load_config(args.config) if args.config else None
-    out = write_checkpoint(args.out_dir, config=config, seed=args.seed, overwrite=args.overwrite)
+    try:
+        if args.check:
+            check_model_folder(args.out_dir)
+            print(f"{args.out_dir}: looks like a complete InternVL2 checkpoint.")
+            return 0
+        config = load_config(args.config) if args.config else None
+        out = write_checkpoint(args.out_dir, config=config, seed=args.seed, overwrite=args.overwrite)
+    except (CheckpointError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0
 

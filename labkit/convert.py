@@ -608,7 +608,7 @@ def _convert_into(setup, weights, pretrained, pth_path, folder, max_shard_size, 
     _record_dtype(model, dtype)
     report.parameters = sum(p.numel() for p in model.parameters())
     model.save_pretrained(folder, safe_serialization=True, max_shard_size=max_shard_size)
-    finish_folder(folder, tokenizer)
+    finish_folder(folder, tokenizer, dtype)
     if verify:
         reference = logits_of(model.to(torch.float32), inputs)  # the written weights, computed here
         del model
