@@ -69,7 +69,8 @@ def chromium_missing_reason() -> str | None:
 def cjk_font_missing_reason() -> str | None:
     """Why screenshots would show boxes instead of Chinese characters, or None when a font is there."""
     try:
-        found = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True, timeout=30).stdout
+        found = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True,
+                               timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         found = ""
     if found.strip():
@@ -249,8 +250,8 @@ class JupyterLab:
                     if response.status == 200:
                         return
             time.sleep(0.5)
-        raise TimeoutError(f"JupyterLab did not answer on port {self.port} within {self.startup_timeout_s:.0f} s:\n"
-                           f"{self.log_tail()}")
+        raise TimeoutError(f"JupyterLab did not answer on port {self.port} within "
+                           f"{self.startup_timeout_s:.0f} s:\n{self.log_tail()}")
 
     def api(self, path: str, method: str = "GET", timeout_s: float = 10):
         """Call the server's REST API; the parsed JSON answer (None when it has no body)."""
@@ -395,8 +396,9 @@ class NotebookPage:
             if tracebacks:
                 raise AssertionError(f"A cell of {self.name} failed:\n{tracebacks[0][-3000:]}")
             prompts = self.code_prompts()
-            if prompts and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts) and self.kernel_status().endswith("Idle"):
+            all_ran = prompts and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts)
+            if all_ran and self.kernel_status().endswith("Idle"):
                 return prompts
             time.sleep(1)
-        raise TimeoutError(f"{self.name} did not finish within {timeout_s:.0f} s; cell prompts: {self.code_prompts()}, "
-                           f"kernel: {self.kernel_status()!r}")
+        raise TimeoutError(f"{self.name} did not finish within {timeout_s:.0f} s; cell prompts: "
+                           f"{self.code_prompts()}, kernel: {self.kernel_status()!r}")

@@ -17,10 +17,14 @@ missing.
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
 
+import psutil
 import pytest
 
 from browser_support import (  # noqa: F401  (base_model_dir is a pytest fixture)
@@ -32,25 +36,24 @@ from browser_support import (  # noqa: F401  (base_model_dir is a pytest fixture
     chromium,
     chromium_missing_reason,
     cjk_font_missing_reason,
+    end_processes,
     parameterized_notebook,
     save_artifact,
     test_cache_dir,
 )
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(chromium_missing_reason() is not None, reason=str(chromium_missing_reason())),
-]
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "02_baseline_chat.ipynb"
 DISH = "肠粉"
-QUESTIONS = ("图中的菜是什么？", "它是怎么做的？", "再说一遍，这是什么菜？")  # two turns, then one after the bad upload
+# Two turns, then one more after the bad upload.
+QUESTIONS = ("图中的菜是什么？", "它是怎么做的？", "再说一遍，这是什么菜？")
 
 # Bounded, but generous: the machine's two cores are shared with other work.
 OPEN_TIMEOUT_S = 240
 RUN_ALL_TIMEOUT_S = 600
 ANSWER_TIMEOUT_S = 300
+
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
 
 # Records every text the reply area shows, so the test can see the answer being streamed.
 WATCH_REPLY_JS = """
@@ -61,6 +64,15 @@ WATCH_REPLY_JS = """
         .observe(area, {childList: true, subtree: true, characterData: true});
 }
 """
+
+
+def in_a_browser(test):
+    """Mark a browser test: picked by ``-m browser``, also ``slow``, skipped without Chromium."""
+    reason = chromium_missing_reason()
+    skip_without_chromium = pytest.mark.skipif(reason is not None, reason=str(reason))
+    for mark in (pytest.mark.browser, pytest.mark.slow, skip_without_chromium):
+        test = mark(test)
+    return test
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +190,7 @@ def assert_streamed(texts: list[str], answer: str, pieces: int):
         assert growing, f"no partial answer was shown before the whole {answer!r}; the area showed {texts!r}"
 
 
+@in_a_browser
 def test_chat_cell_in_jupyterlab(notebook_02, expected_answers, food_picture, tmp_path):
     page, notebook, run_dir = notebook_02
     answers, pieces = expected_answers
@@ -188,12 +201,14 @@ def test_chat_cell_in_jupyterlab(notebook_02, expected_answers, food_picture, tm
     assert (run_dir / "baseline.json").is_file(), "Run All did not reach the last cell of notebook 02"
     chat = ChatCellDriver(page)
     chat.cell.wait_for(timeout=OPEN_TIMEOUT_S * 1000)
-    assert chat.part("temperature").locator(".widget-readout").inner_text() == "0.00"  # greedy, as expected_answers
+    # The sliders start greedy, as expected_answers assumes.
+    assert chat.part("temperature").locator(".widget-readout").inner_text() == "0.00"
     ran_s = time.monotonic() - started
 
     # A food picture through the Picture button: preview and tile count appear.
     chat.upload(food_picture)
-    chat.part("status").filter(has_text=re.compile(rf"Picture {re.escape(food_picture.name)}: \d+x\d+, \d+ tile")).wait_for()
+    picked = re.compile(rf"Picture {re.escape(food_picture.name)}: \d+x\d+, \d+ tile")
+    chat.part("status").filter(has_text=picked).wait_for()
     chat.part("preview").and_(page.locator("img[src^='blob:']")).wait_for(state="visible")
     assert chat.text("error") == ""
 
@@ -201,8 +216,9 @@ def test_chat_cell_in_jupyterlab(notebook_02, expected_answers, food_picture, tm
     for turn, question in enumerate(QUESTIONS[:2], start=1):
         answer, seen = chat.ask(question, turn)
         assert answer, f"turn {turn}: the reply is empty"
-        assert answer == answers[turn - 1], f"turn {turn}: the browser shows {answer!r}, the engine says {answers[turn - 1]!r}"
-        assert chat.part("input").locator("textarea").input_value() == ""  # the kernel cleared it: a full round trip
+        assert answer == answers[turn - 1], f"turn {turn}: browser {answer!r}, engine {answers[turn - 1]!r}"
+        # The kernel cleared the input box: the value went there and back.
+        assert chat.part("input").locator("textarea").input_value() == ""
         assert_streamed(seen, answer, pieces[turn - 1])
     assert chat.history() == list(zip(QUESTIONS[:2], answers[:2]))
     assert chat.text("error") == ""
@@ -219,8 +235,29 @@ def test_chat_cell_in_jupyterlab(notebook_02, expected_answers, food_picture, tm
 
     # ...and the cell still works: the next question is answered about the same picture.
     answer, _ = chat.ask(QUESTIONS[2], 3)
-    assert answer == answers[2], f"after the bad upload the browser shows {answer!r}, the engine says {answers[2]!r}"
+    assert answer == answers[2], f"after the bad upload: browser {answer!r}, engine {answers[2]!r}"
     assert chat.text("error") == ""
     assert chat.history() == list(zip(QUESTIONS, answers))
     chat.screenshot(tmp_path / "chat-cell-after-bad-upload.png")
     print(f"notebook 02 ran in {ran_s:.0f} s; chat in {time.monotonic() - started - ran_s:.0f} s")
+
+
+def test_end_processes_ends_a_process_that_ignores_sigterm():
+    """The clean-up the browser test relies on: a process that will not stop is killed and named."""
+    stubborn = subprocess.Popen([sys.executable, "-c", STUBBORN])
+    process = psutil.Process(stubborn.pid)
+    try:
+        time.sleep(1.0)  # let it install its SIGTERM handler
+        forced = end_processes([process], grace_s=0.5)
+        assert not process.is_running()  # it would have slept two more minutes
+        assert len(forced) == 1 and f"pid {stubborn.pid}" in forced[0]
+    finally:
+        if stubborn.poll() is None:
+            stubborn.kill()
+
+
+def test_end_processes_forces_nothing_when_processes_end_on_their_own():
+    quick = subprocess.Popen([sys.executable, "-c", "pass"])
+    process = psutil.Process(quick.pid)
+    assert end_processes([process], grace_s=30) == []
+    assert not process.is_running()
