@@ -170,6 +170,11 @@ def end_processes(processes, grace_s: float = 20.0) -> list[str]:
     return forced
 
 
+def _warn_if_forced(what: str, forced: list[str]):
+    if forced:
+        warnings.warn(f"{what} did not stop cleanly; ended by force: {'; '.join(forced)}")
+
+
 # ---------------------------------------------------------------------------------------------
 # JupyterLab
 # ---------------------------------------------------------------------------------------------
@@ -283,8 +288,7 @@ class JupyterLab:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)  # reap it
         self.process = None
-        if self.forced_stops:
-            warnings.warn(f"JupyterLab did not stop cleanly; ended by force: {'; '.join(self.forced_stops)}")
+        _warn_if_forced("JupyterLab", self.forced_stops)
         return self.forced_stops
 
     def __enter__(self):
@@ -315,15 +319,20 @@ def chromium(profile_dir: Path, viewport=(1280, 1000), default_timeout_s: float 
     expect.set_options(timeout=default_timeout_s * 1000)  # playwright's own default is 5 s
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     ours = []
-    with contextlib.ExitStack() as stack:
-        stack.callback(lambda: end_processes([p for p in ours if p.pid not in before], grace_s=10))
+
+    def note_our_processes():  # the driver and every browser process, while they are still ours
+        ours.extend(p for p in psutil.Process().children(recursive=True) if p.pid not in before)
+
+    with contextlib.ExitStack() as stack:  # on the way out, last registered runs first
+        stack.callback(lambda: _warn_if_forced("Chromium", end_processes(ours, grace_s=10)))
         playwright = stack.enter_context(sync_playwright())
+        stack.callback(note_our_processes)  # in case the launch fails half-way
         context = playwright.chromium.launch_persistent_context(
             str(profile_dir), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
             viewport={"width": viewport[0], "height": viewport[1]},
         )
-        ours.extend(psutil.Process().children(recursive=True))  # the driver and every browser process
         stack.callback(context.close)
+        stack.callback(note_our_processes)  # before the browser closes, with the page's renderers
         context.set_default_timeout(default_timeout_s * 1000)
         yield context
 
