@@ -7,6 +7,7 @@ answer of ``--decode-tokens`` tokens (``min_new_tokens``), minus the TTFT.
 
     python benchmarks/ttft_cpu.py                   # builds the tiny model in a temp folder
     python benchmarks/ttft_cpu.py models/tiny --out ttft_cpu.json
+    python benchmarks/ttft_cpu.py --threads 1      # compare: tiny ops gain nothing from a thread pool
 """
 import argparse
 import json
@@ -66,8 +67,11 @@ def main(argv=None):
     parser.add_argument("model_dir", nargs="?", help="a checkpoint folder (default: build the tiny model)")
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
     parser.add_argument("--out", help="also write the results as JSON here (must not exist)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.out and Path(args.out).exists():
         parser.error(f"{args.out} already exists; choose another name")
 

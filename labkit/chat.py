@@ -254,11 +254,20 @@ def abbreviate(prompt: str) -> str:
     )
 
 
-def trim_pieces(pieces: Iterable[str]) -> Iterator[str]:
-    """Pass streamed text through, minus leading and trailing whitespace.
+# Trailing whitespace, and "\ufffd" left where the length limit cut a character's bytes in two
+_RAGGED_END = re.compile(r"[\s\ufffd]+$")
 
-    The joined pieces then equal the stripped answer that ``ask`` returns. Whitespace is held
-    back until some text follows it, so a trailing newline never reaches the reader.
+
+def clean_answer(text: str) -> str:
+    """An answer without surrounding whitespace or a half character at its end (as LMDeploy shows it)."""
+    return _RAGGED_END.sub("", text.lstrip())
+
+
+def trim_pieces(pieces: Iterable[str]) -> Iterator[str]:
+    """Pass streamed text through, cleaned like :func:`clean_answer`.
+
+    The joined pieces then equal the answer that ``ask`` returns. A ragged end (whitespace, a
+    half character) is held back until more text follows it, so it never reaches the reader.
     """
     started, pending = False, ""
     for piece in pieces:
@@ -268,7 +277,7 @@ def trim_pieces(pieces: Iterable[str]) -> Iterator[str]:
                 continue
             started = True
         text = pending + piece
-        body = text.rstrip()
+        body = _RAGGED_END.sub("", text)
         pending = text[len(body):]
         if body:
             yield body
@@ -420,7 +429,7 @@ class TransformersEngine(ChatEngine):
 
     def _decode(self, token_ids) -> str:
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
-        return text.split(get_conv_template(self.template).sep)[0].strip()
+        return clean_answer(text.split(get_conv_template(self.template).sep)[0])
 
     def ask(self, question, image=None, history=None, settings=None) -> str:
         import torch
@@ -494,14 +503,19 @@ def lmdeploy_chat_template(template: str, system: str | None = None) -> dict:
 
 
 def _import_lmdeploy():
-    try:
-        import lmdeploy
-    except ImportError:
+    if importlib.util.find_spec("lmdeploy") is None:
         raise ImportError(
             "LMDeploy is not installed in this environment. It needs a CUDA GPU and torch <= 2.12.1, "
             "so it lives in its own environment: see requirements/lmdeploy.txt. On a CPU, use "
             "TransformersEngine (or make_engine(..., backend='transformers'))."
-        ) from None
+        )
+    try:
+        import lmdeploy
+    except ImportError as err:  # installed, but one of its own dependencies is missing or broken
+        raise ImportError(
+            f"LMDeploy is installed but does not import: {err}. Reinstall its environment from "
+            "requirements/lmdeploy.txt."
+        ) from err
     return lmdeploy
 
 
@@ -510,12 +524,15 @@ class LMDeployEngine(ChatEngine):
 
     LMDeploy uses its own InternVL2 implementation and tiling; labkit hands it the
     conversation in the OpenAI format and labkit's template (via ``ChatTemplateConfig``).
+    ``engine_options`` go to the engine config as they are, e.g. ``{"eager_mode": True}``
+    (PyTorch engine without CUDA graphs) or ``{"cache_max_entry_count": 0.4}`` (a smaller
+    KV cache, leaving GPU memory for other work).
     """
 
     backend = "lmdeploy"
 
     def __init__(self, model_dir, backend="turbomind", session_len=8192, template=None, system=None,
-                 max_pixels=DEFAULT_MAX_PIXELS):
+                 max_pixels=DEFAULT_MAX_PIXELS, engine_options=None):
         if backend not in ("turbomind", "pytorch"):
             raise ValueError(f"backend={backend!r}: LMDeploy offers 'turbomind' or 'pytorch'.")
         lmdeploy = _import_lmdeploy()
@@ -529,12 +546,19 @@ class LMDeployEngine(ChatEngine):
         self.system = system
         self.tiling = tiling_from_config(config)
         engine_config = (lmdeploy.TurbomindEngineConfig if backend == "turbomind" else lmdeploy.PytorchEngineConfig)
-        self.pipe = lmdeploy.pipeline(
-            str(self.model_dir),
-            backend_config=engine_config(session_len=session_len),
-            chat_template_config=lmdeploy.ChatTemplateConfig(**lmdeploy_chat_template(self.template, system)),
-            trust_remote_code=True,
-        )
+        try:
+            self.pipe = lmdeploy.pipeline(
+                str(self.model_dir),
+                backend_config=engine_config(session_len=session_len, **(engine_options or {})),
+                chat_template_config=lmdeploy.ChatTemplateConfig(**lmdeploy_chat_template(self.template, system)),
+                trust_remote_code=True,
+            )
+        except SystemExit as err:  # LMDeploy's environment checks end with exit(1) after logging why
+            raise RuntimeError(
+                f"LMDeploy refused to start ({backend} engine, {self.model_dir}): see its log lines above. "
+                "In a script, build the engine under `if __name__ == '__main__':` (LMDeploy starts worker "
+                "processes that re-import the script)."
+            ) from err
 
     @property
     def description(self):
@@ -626,7 +650,7 @@ class OpenAIEngine(ChatEngine):
         prepared = self._prepare(question, image, history, settings)
         with self._open("/chat/completions", self._payload(*prepared, stream=False)) as response:
             reply = json.load(response)
-        return (reply["choices"][0]["message"].get("content") or "").strip()
+        return clean_answer(reply["choices"][0]["message"].get("content") or "")
 
     def _stream(self, question, history, picture, settings):
         with self._open("/chat/completions", self._payload(question, history, picture, settings, True)) as response:
