@@ -704,8 +704,11 @@ def make_engine(model_dir, backend="auto", lmdeploy_backend="turbomind", **kwarg
 
     cuda = torch.cuda.is_available()
     has_lmdeploy = importlib.util.find_spec("lmdeploy") is not None
+    device = kwargs.get("device")
     if backend == "auto":
-        if cuda and has_lmdeploy:
+        if device == "cpu":
+            backend, reason = "transformers", "device='cpu' was asked for"
+        elif cuda and has_lmdeploy:
             backend, reason = "lmdeploy", "a CUDA GPU and lmdeploy are present"
         elif cuda:
             backend, reason = "transformers", "a CUDA GPU is present but lmdeploy is not installed"
@@ -714,6 +717,10 @@ def make_engine(model_dir, backend="auto", lmdeploy_backend="turbomind", **kwarg
     else:
         reason = "asked for"
     if backend == "lmdeploy":
+        if device not in (None, "cuda"):
+            raise ValueError(f"device={device!r}: LMDeploy runs on a CUDA GPU only; use backend='transformers'.")
+        kwargs.pop("device", None)
+        kwargs.pop("dtype", None)  # LMDeploy picks the dtype from the checkpoint
         engine = LMDeployEngine(model_dir, backend=lmdeploy_backend, **kwargs)
     elif backend == "transformers":
         kwargs.setdefault("device", "cuda" if cuda else "cpu")

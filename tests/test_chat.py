@@ -226,6 +226,9 @@ def test_make_engine_says_what_it_picked(tiny_checkpoint, capsys):  # noqa: F811
     assert isinstance(picked, TransformersEngine) and picked.device == "cpu"
     assert "no CUDA GPU" in picked.picked
     assert "using transformers on cpu" in capsys.readouterr().out
+    assert "device='cpu' was asked for" in make_engine(tiny_checkpoint, device="cpu").picked
+    with pytest.raises(ValueError, match="CUDA GPU only"):
+        make_engine(tiny_checkpoint, backend="lmdeploy", device="cpu")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("lmdeploy") is not None, reason="lmdeploy is installed")
