@@ -38,7 +38,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
-DEV_FALLBACK = importlib.util.find_spec("labkit.base_model") is None  # DEV-FALLBACK
+DEV_FALLBACK = not (REPO_ROOT / "labkit/assets/base-tiny/config.json").is_file()  # DEV-FALLBACK
 ARTIFACTS = REPO_ROOT / "runs" / "test-artifacts"
 
 # Without the networking flags Chromium stalls on look-ups that a closed network refuses.
@@ -317,15 +317,17 @@ def chromium(profile_dir: Path, viewport=(1280, 1000), default_timeout_s: float 
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=default_timeout_s * 1000)  # playwright's own default is 5 s
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
     ours = []
-
-    def note_our_processes():  # the driver and every browser process, while they are still ours
-        ours.extend(p for p in psutil.Process().children(recursive=True) if p.pid not in before)
-
     with contextlib.ExitStack() as stack:  # on the way out, last registered runs first
         stack.callback(lambda: _warn_if_forced("Chromium", end_processes(ours, grace_s=10)))
+        before = {p.pid for p in psutil.Process().children()}
         playwright = stack.enter_context(sync_playwright())
+        # Only the driver's tree is ours to end: a JupyterLab kernel is a child of this process too.
+        drivers = [p for p in psutil.Process().children() if p.pid not in before]
+
+        def note_our_processes():  # the driver and every browser process under it, while they are there
+            ours.extend(p for driver in drivers for p in process_tree(driver.pid))
+
         stack.callback(note_our_processes)  # in case the launch fails half-way
         context = playwright.chromium.launch_persistent_context(
             str(profile_dir), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,

@@ -133,6 +133,7 @@ def notebook_02(tmp_path, base_model_dir):  # noqa: F811
             lab.stop()
             save_artifact(lab.log_path)
     assert not lab.forced_stops, f"JupyterLab had to be stopped by force: {lab.forced_stops}"
+    assert "restarting kernel" not in lab.log_path.read_text(encoding="utf-8"), "the kernel died during the test"
 
 
 class ChatCellDriver:
