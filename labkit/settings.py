@@ -1,0 +1,612 @@
+"""Every fine-tuning knob in one typed place, and the XTuner config it becomes.
+
+A fine-tune is described by one `Settings` value. Three presets cover the course:
+
+* `course_gpu()`        - the course's InternVL2-2B LoRA recipe on one GPU;
+* `tiny_lora_cpu()`     - the same recipe on the tiny model, sized for a 2-core laptop;
+* `tiny_pretrain_cpu()` - the full fine-tune that turns a random tiny model into the base model.
+
+Change a knob with ``settings.replace(lr=1e-4)``: unknown names, wrong types and impossible
+values are refused with a message that names the knob.
+
+`render_config(settings)` writes the settings as an XTuner config file in XTuner's own flat
+style: a "PART 1 Settings" block with every knob first (the only block a student edits), then
+the model, dataset, optimizer, schedule and runtime parts that read those names. The committed
+files under ``configs/`` are rendered from the presets; regenerate them with::
+
+    python -m labkit.settings render            # rewrite configs/*.py from the presets
+    python -m labkit.settings check             # exit 1 if a committed config is out of date
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import os
+import sys
+import tempfile
+import typing
+from dataclasses import dataclass, field, fields
+from dataclasses import replace as _dc_replace
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+METHODS = ("lora", "qlora", "full")
+DEVICES = ("cpu", "cuda")
+AMP_CHOICES = ("off", "float16", "bfloat16")
+WEIGHT_DTYPES = ("bfloat16", "float32")
+TEMPLATES = ("internlm2_chat", "phi3_chat")  # names in xtuner.utils.PROMPT_TEMPLATE
+
+
+class SettingsError(ValueError):
+    """A fine-tuning setting is unknown, of the wrong type or out of range."""
+
+
+def _knob(default, help, default_factory=None):
+    """A dataclass field that carries its own one-line explanation (shown in rendered configs)."""
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One fine-tuning run, every knob with its meaning. Paths may be relative to the current folder."""
+
+    # -- model ----------------------------------------------------------------------------
+    model_path: str = _knob("runs/cache/base-tiny", "model folder in the official InternVL2 format")
+    method: str = _knob("lora", "lora | qlora (GPU only, 4-bit LLM) | full (train every unfrozen weight)")
+    freeze_llm: bool = _knob(True, "keep the language model's own weights fixed (LoRA trains adapters beside them)")
+    freeze_visual_encoder: bool = _knob(True, "keep the vision tower (InternViT) fixed")
+    lora_r: int = _knob(128, "LoRA rank: width of the low-rank update")
+    lora_alpha: int = _knob(256, "LoRA scale: the update is multiplied by lora_alpha / lora_r")
+    lora_dropout: float = _knob(0.05, "dropout on the LoRA input")
+    lora_target_modules: typing.Optional[tuple[str, ...]] = _knob(
+        None, "None = every Linear of the LLM (XTuner's choice, output head included)")
+    lean_logits: bool = _knob(False, "labkit.lean: logits and loss only where an answer token is supervised")
+    weights_dtype: str = _knob("bfloat16", "bfloat16 (how XTuner loads) | float32 (needs labkit.lean; steadier on CPU)")
+    # -- data -----------------------------------------------------------------------------
+    data_paths: tuple[str, ...] = _knob(("runs/data/food/train.json",), "annotation file(s): JSON list or JSONL")
+    image_folder: str = _knob("runs/data/images", "folder the annotations' image paths are relative to")
+    template: str = _knob("internlm2_chat", "prompt template name in xtuner.utils.PROMPT_TEMPLATE")
+    max_length: int = _knob(8192, "longest token sequence; longer samples are cut")
+    # -- optimisation ---------------------------------------------------------------------
+    batch_size: int = _knob(4, "samples per device per step")
+    accumulative_counts: int = _knob(2, "steps whose gradients add up before one optimizer update")
+    dataloader_num_workers: int = _knob(0, "background processes that prepare batches (0 = main process)")
+    max_epochs: int = _knob(10, "passes over the training data")
+    lr: float = _knob(3e-5, "peak learning rate")
+    betas: tuple[float, float] = _knob((0.9, 0.999), "AdamW moment decay rates")
+    weight_decay: float = _knob(0.05, "AdamW weight decay")
+    max_norm: float = _knob(1.0, "gradient clipping: largest allowed gradient norm")
+    warmup_ratio: float = _knob(0.03, "share of all iterations spent warming the learning rate up (then cosine decay)")
+    # -- saving and logging ---------------------------------------------------------------
+    save_steps: int = _knob(64, "save a checkpoint every this many iterations (and at the end)")
+    save_total_limit: int = _knob(2, "checkpoints kept on disk (-1 = all)")
+    log_interval: int = _knob(10, "log the (averaged) loss every this many iterations")
+    # -- hardware -------------------------------------------------------------------------
+    device: str = _knob("cpu", "cpu | cuda")
+    amp: str = _knob("off", "mixed precision on GPU: off | float16 | bfloat16 (CPU: off)")
+    gpus: int = _knob(1, "GPUs on this machine to train on (more than 1 needs zero_stage)")
+    zero_stage: int = _knob(0, "DeepSpeed ZeRO stage 1-3 through torchrun (0 = no DeepSpeed)")
+    cpu_threads: int = _knob(0, "CPU threads for torch (0 = torch's default, all cores; read by labkit.finetune)")
+    seed: int = _knob(0, "random seed: weights of the adapters, data order, dropout")
+
+    def __post_init__(self):
+        _check(self)
+
+    def replace(self, **overrides) -> "Settings":
+        """A copy with some knobs changed; unknown names and bad values raise SettingsError."""
+        known = {f.name for f in fields(self)}
+        for name in overrides:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise SettingsError(f"unknown setting {name!r}.{hint} Known settings: {', '.join(sorted(known))}.")
+        overrides = {name: _coerce(name, value) for name, value in overrides.items()}
+        return _dc_replace(self, **overrides)
+
+    # -- what the settings imply ----------------------------------------------------------
+    @property
+    def uses_lean_model(self) -> bool:
+        """True when the config must name labkit.lean.LeanInternVL instead of XTuner's model."""
+        return self.lean_logits or self.weights_dtype != "bfloat16"
+
+    def iterations_per_epoch(self, num_samples: int) -> int:
+        """How many iterations one epoch over ``num_samples`` takes, counted as XTuner counts.
+
+        XTuner's LengthGroupedSampler rounds each device's share up to whole groups of
+        ``batch_size * accumulative_counts`` samples (repeating a few), so an epoch is always a
+        whole number of optimizer updates.
+        """
+        group = self.batch_size * self.accumulative_counts * self.gpus
+        return math.ceil(num_samples / group) * self.accumulative_counts
+
+    def planned_iterations(self, num_samples: int) -> int:
+        """Iterations the whole run takes (what the log must reach for success)."""
+        return self.iterations_per_epoch(num_samples) * self.max_epochs
+
+    def warmup_iterations(self, num_samples: int) -> int:
+        """Warm-up length in iterations: ``warmup_ratio`` of the run, but never 0 or 1.
+
+        mmengine refuses a warm-up of 0 iterations, and with exactly 1 its LinearLR applies only
+        ``start_factor`` (1e-5) and never lifts the rate back; the cosine decay that follows then
+        starts from that tiny rate and nothing is learned. So the warm-up is at least 2
+        iterations, or left out (0) when the whole run is under 3 iterations.
+        """
+        total = self.planned_iterations(num_samples)
+        if self.warmup_ratio == 0 or total < 3:
+            return 0
+        return max(2, int(self.warmup_ratio * total))
+
+
+# -- checking -----------------------------------------------------------------------------
+def _type_hints():
+    return typing.get_type_hints(Settings)
+
+
+def _describe_type(hint) -> str:
+    if hint is float:
+        return "a number"
+    if hint is int:
+        return "a whole number"
+    if hint is bool:
+        return "True or False"
+    if hint is str:
+        return "a string"
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return "a list/tuple"
+    if origin is typing.Union:
+        return " or ".join("None" if a is type(None) else _describe_type(a) for a in typing.get_args(hint))
+    return str(hint)
+
+
+def _coerce(name, value):
+    """Accept a list where a tuple is expected, and a single path for data_paths."""
+    if name == "data_paths" and isinstance(value, (str, os.PathLike)):
+        return (os.fspath(value),)
+    if isinstance(value, list):
+        return tuple(os.fspath(v) if isinstance(v, os.PathLike) else v for v in value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def _matches(value, hint) -> bool:
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+    return isinstance(value, hint)
+
+
+def _fail(name, value, rule):
+    raise SettingsError(f"setting {name}={value!r} is not allowed: {rule}.")
+
+
+def _check(s: Settings) -> None:
+    """Refuse a wrong type, an out-of-range value or a combination that cannot run."""
+    hints = _type_hints()
+    for f in fields(s):
+        value = getattr(s, f.name)
+        if not _matches(value, hints[f.name]):
+            _fail(f.name, value, f"it must be {_describe_type(hints[f.name])}")
+    for name in ("max_length", "batch_size", "accumulative_counts", "max_epochs", "save_steps",
+                 "log_interval", "gpus", "lora_r", "lora_alpha"):
+        if getattr(s, name) < 1:
+            _fail(name, getattr(s, name), "it must be at least 1")
+    choices = {"method": METHODS, "device": DEVICES, "amp": AMP_CHOICES, "template": TEMPLATES,
+               "weights_dtype": WEIGHT_DTYPES, "zero_stage": (0, 1, 2, 3)}
+    for name, allowed in choices.items():
+        if getattr(s, name) not in allowed:
+            _fail(name, getattr(s, name), f"choose one of {', '.join(map(str, allowed))}")
+    if s.cpu_threads < 0:
+        _fail("cpu_threads", s.cpu_threads, "use 0 (torch's default) or a count of threads")
+    if s.dataloader_num_workers < 0:
+        _fail("dataloader_num_workers", s.dataloader_num_workers, "it must be 0 or more")
+    if s.save_total_limit == 0 or s.save_total_limit < -1:
+        _fail("save_total_limit", s.save_total_limit, "use -1 (keep all) or a count of 1 or more")
+    if not (s.lr > 0 and math.isfinite(s.lr)):
+        _fail("lr", s.lr, "the learning rate must be a positive number")
+    if not 0 <= s.warmup_ratio < 1:
+        _fail("warmup_ratio", s.warmup_ratio, "it is a share of the run: 0 or more and below 1")
+    if not 0 <= s.lora_dropout < 1:
+        _fail("lora_dropout", s.lora_dropout, "it must be 0 or more and below 1")
+    if not all(0 <= b < 1 for b in s.betas):
+        _fail("betas", s.betas, "both AdamW betas must be 0 or more and below 1")
+    if s.weight_decay < 0:
+        _fail("weight_decay", s.weight_decay, "it must be 0 or more")
+    if not s.max_norm > 0:
+        _fail("max_norm", s.max_norm, "the gradient-clipping norm must be above 0")
+    if not s.data_paths:
+        _fail("data_paths", s.data_paths, "give at least one annotation file")
+    if s.lora_target_modules is not None and not s.lora_target_modules:
+        _fail("lora_target_modules", s.lora_target_modules, "use None (every Linear) or name at least one module")
+    _check_combination(s)
+
+
+def _check_combination(s: Settings) -> None:
+    if s.device == "cpu":
+        if s.amp != "off":
+            _fail("amp", s.amp, "mixed precision needs a GPU (mmengine's AmpOptimWrapper refuses the CPU); use amp='off'")
+        if s.method == "qlora":
+            _fail("method", s.method, "QLoRA quantises with bitsandbytes, which needs a GPU; use 'lora' on the CPU")
+        if s.gpus != 1 or s.zero_stage != 0:
+            _fail("device", s.device, "the CPU path is one process: set gpus=1 and zero_stage=0")
+    if s.gpus > 1 and s.zero_stage == 0:
+        _fail("gpus", s.gpus, "several GPUs train through torchrun + DeepSpeed: set zero_stage to 1, 2 or 3")
+    if s.method in ("lora", "qlora") and not s.freeze_llm:
+        _fail("freeze_llm", s.freeze_llm, "with LoRA the LLM's own weights stay frozen anyway (PEFT freezes them); "
+              "set freeze_llm=True, or method='full' to train them")
+    if s.method == "full" and s.lean_logits is False and s.weights_dtype == "float32":
+        pass  # allowed: float32 weights alone also select labkit.lean.LeanInternVL
+
+
+# -- presets ------------------------------------------------------------------------------
+def course_gpu() -> Settings:
+    """The course's InternVL2-2B LoRA recipe (XTuner's internvl_v2_internlm2_2b_lora_finetune.py
+    with the course's values): LoRA r 128 / alpha 256 / dropout 0.05 on every LLM Linear, frozen
+    ViT and LLM, the projector mlp1 trained, AdamW lr 3e-5, 3% warm-up then cosine, 10 epochs,
+    batch 4 x accumulation 2, fp16 AMP on one GPU.
+
+    ``model_path`` names a local copy of OpenGVLab/InternVL2-2B; labkit never downloads it.
+    """
+    return Settings(
+        model_path="models/InternVL2-2B",
+        method="lora", freeze_llm=True, freeze_visual_encoder=True,
+        lora_r=128, lora_alpha=256, lora_dropout=0.05, lora_target_modules=None,
+        max_length=8192, batch_size=4, accumulative_counts=2, dataloader_num_workers=4,
+        max_epochs=10, lr=3e-5, betas=(0.9, 0.999), weight_decay=0.05, max_norm=1.0, warmup_ratio=0.03,
+        save_steps=64, save_total_limit=2, log_interval=10,
+        device="cuda", amp="float16", gpus=1, zero_stage=0,
+    )
+
+
+def tiny_lora_cpu() -> Settings:
+    """The course recipe on the tiny model: same LoRA method (r 128, alpha 256, every LLM
+    Linear, frozen ViT and LLM, mlp1 trained), with a learning rate, epochs and batch sized so
+    the held-back dishes are learned in a few minutes on 2 CPU cores.
+
+    Weights train in float32 (labkit.lean): bfloat16 has only 8 bits of mantissa, so small
+    updates to bf16 weights round away. The base model comes from `labkit.base_model`.
+    """
+    return Settings(
+        model_path="runs/cache/base-tiny",
+        method="lora", freeze_llm=True, freeze_visual_encoder=True,
+        lora_r=128, lora_alpha=256, lora_dropout=0.05, lora_target_modules=None,
+        lean_logits=True, weights_dtype="float32",
+        max_length=2048, batch_size=8, accumulative_counts=1, dataloader_num_workers=0,
+        max_epochs=3, lr=1e-3, warmup_ratio=0.03,
+        save_steps=1000, save_total_limit=1, log_interval=1,
+        device="cpu",
+    )
+
+
+def tiny_pretrain_cpu() -> Settings:
+    """Full fine-tune of a random tiny model on the ``general`` set: this makes the base model.
+
+    Every weight trains (vision tower, projector, LLM), in float32, with a high learning rate.
+    """
+    return Settings(
+        model_path="runs/cache/tiny-random",
+        method="full", freeze_llm=False, freeze_visual_encoder=False,
+        lean_logits=True, weights_dtype="float32",
+        data_paths=("runs/data/general/train.json",), image_folder="runs/data/images",
+        max_length=2048, batch_size=8, accumulative_counts=1, dataloader_num_workers=0,
+        max_epochs=6, lr=2e-3, weight_decay=0.0, warmup_ratio=0.03,
+        save_steps=100000, save_total_limit=1, log_interval=1,
+        device="cpu",
+    )
+
+
+PRESETS = {
+    "internvl2_2b_lora_food.py": course_gpu,
+    "tiny_lora_food_cpu.py": tiny_lora_cpu,
+    "tiny_pretrain_cpu.py": tiny_pretrain_cpu,
+}
+
+
+# -- rendering ----------------------------------------------------------------------------
+_PART1_GROUPS = (
+    ("Model", ("model_path", "method", "freeze_llm", "freeze_visual_encoder", "lora_r", "lora_alpha",
+               "lora_dropout", "lora_target_modules", "lean_logits", "weights_dtype")),
+    ("Data", ("data_paths", "image_folder", "template", "max_length")),
+    ("Scheduler & Optimizer", ("batch_size", "accumulative_counts", "dataloader_num_workers", "max_epochs",
+                               "lr", "betas", "weight_decay", "max_norm", "warmup_ratio")),
+    ("Save & log", ("save_steps", "save_total_limit", "log_interval")),
+    ("Hardware & randomness", ("device", "amp", "gpus", "zero_stage", "cpu_threads", "seed")),
+)
+
+
+def _banner(title: str) -> str:
+    line = "#" * 71
+    return f"{line}\n#{title.center(69)}#\n{line}\n"
+
+
+def _literal(value) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, tuple):
+        inner = ", ".join(_literal(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    return repr(value)
+
+
+def _part1(s: Settings) -> str:
+    helps = {f.name: f.metadata["help"] for f in fields(s)}
+    lines = []
+    for title, names in _PART1_GROUPS:
+        lines.append(f"# {title}")
+        for name in names:
+            if name == "template":  # XTuner configs name the template object itself
+                lines.append(f"prompt_template = PROMPT_TEMPLATE.{s.template}  # {helps[name]}")
+                continue
+            lines.append(f"{name} = {_literal(getattr(s, name))}  # {helps[name]}")
+        lines.append("")
+    lines.append("optim_type = AdamW")
+    return "\n".join(lines) + "\n"
+
+
+def _imports(s: Settings) -> str:
+    optim = "AmpOptimWrapper" if s.amp != "off" else "OptimWrapper"
+    lines = [
+        "from mmengine.hooks import (CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook,",
+        "                            ParamSchedulerHook)",
+        f"from mmengine.optim import {optim}, CosineAnnealingLR, LinearLR",
+    ]
+    if s.method != "full":
+        lines.append("from peft import LoraConfig")
+    lines += [
+        "from torch.optim import AdamW",
+        "from transformers import AutoTokenizer",
+        "",
+        "from xtuner.dataset import InternVL_V1_5_Dataset",
+        "from xtuner.dataset.collate_fns import default_collate_fn",
+        "from xtuner.dataset.samplers import LengthGroupedSampler",
+        "from xtuner.engine.hooks import DatasetInfoHook",
+        "from xtuner.engine.runner import TrainLoop",
+    ]
+    lines.append("from labkit.lean import LeanInternVL" if s.uses_lean_model else "from xtuner.model import InternVL_V1_5")
+    lines.append("from xtuner.utils import PROMPT_TEMPLATE")
+    return "\n".join(lines) + "\n"
+
+
+def _model_part(s: Settings) -> str:
+    lines = ["model = dict("]
+    if s.uses_lean_model:
+        lines += [
+            "    type=LeanInternVL,  # XTuner's InternVL_V1_5, with the two labkit.lean options below",
+            "    lean_logits=lean_logits,",
+            "    weights_dtype=weights_dtype,",
+        ]
+    else:
+        lines.append("    type=InternVL_V1_5,")
+    lines += [
+        "    model_path=model_path,",
+        "    freeze_llm=freeze_llm,",
+        "    freeze_visual_encoder=freeze_visual_encoder,",
+    ]
+    if s.method == "qlora":
+        lines.append("    quantization_llm=True,  # 4-bit NF4 LLM through bitsandbytes (GPU only)")
+    if s.method != "full":
+        lines += [
+            "    # LoRA adapters on the LLM. target_modules=None lets XTuner pick every Linear layer it",
+            "    # finds; its filter skips only modules named lm_head/output_layer, so InternLM2's head",
+            "    # (named `output`) is wrapped too.",
+            "    llm_lora=dict(",
+            "        type=LoraConfig,",
+            "        r=lora_r,",
+            "        lora_alpha=lora_alpha,",
+            "        lora_dropout=lora_dropout,",
+            "        target_modules=None if lora_target_modules is None else list(lora_target_modules),",
+            '        task_type="CAUSAL_LM",',
+            "    ),",
+        ]
+    lines.append(")")
+    return "\n".join(lines) + "\n"
+
+
+_DATA_PART = '''\
+train_dataset = dict(
+    type=InternVL_V1_5_Dataset,
+    model_path=model_path,
+    data_paths=list(data_paths),
+    image_folders=[image_folder] * len(data_paths),
+    template=prompt_template,
+    max_length=max_length,
+)
+
+train_dataloader = dict(
+    batch_size=batch_size,
+    num_workers=dataloader_num_workers,
+    dataset=train_dataset,
+    sampler=dict(
+        type=LengthGroupedSampler,
+        length_property="modality_length",
+        per_device_batch_size=batch_size * accumulative_counts,
+        seed=seed,  # a fixed data order (XTuner's default draws a random one)
+    ),
+    collate_fn=dict(type=default_collate_fn),
+)
+'''
+
+
+def _optim_part(s: Settings) -> str:
+    if s.amp != "off":
+        wrapper = ("    type=AmpOptimWrapper,  # mixed precision on the GPU\n"
+                   "    dtype=amp,\n"
+                   '    loss_scale="dynamic",\n')
+    else:
+        wrapper = "    type=OptimWrapper,  # full precision (AmpOptimWrapper refuses the CPU)\n"
+    return (
+        "optim_wrapper = dict(\n"
+        f"{wrapper}"
+        "    optimizer=dict(type=optim_type, lr=lr, betas=betas, weight_decay=weight_decay),\n"
+        "    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),\n"
+        "    accumulative_counts=accumulative_counts,\n"
+        ")\n"
+    )
+
+
+def _schedule_part(s: Settings, num_samples) -> str:
+    if num_samples is None:
+        head = (
+            "# Warm-up for warmup_ratio of the run, then cosine decay to 0, counted in epochs and\n"
+            "# converted to iterations by the runner (XTuner's way). On a small data set that conversion\n"
+            "# rounds the warm-up down to 0 iterations (mmengine refuses) or 1 (the rate then never\n"
+            "# leaves start_factor): labkit.finetune renders this part in iterations from the real\n"
+            "# sample count instead, with a warm-up of at least 2 iterations.\n"
+        )
+        warm = ("    dict(type=LinearLR, start_factor=1e-5, by_epoch=True, begin=0,\n"
+                "         end=warmup_ratio * max_epochs, convert_to_iter_based=True),\n")
+        cos = ("    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=True, begin=warmup_ratio * max_epochs,\n"
+               "         end=max_epochs, convert_to_iter_based=True),\n")
+        body = warm + cos if s.warmup_ratio > 0 else cos.replace("begin=warmup_ratio * max_epochs", "begin=0")
+        return head + "param_scheduler = [\n" + body + "]\n"
+    per_epoch = s.iterations_per_epoch(num_samples)
+    total, warmup = s.planned_iterations(num_samples), s.warmup_iterations(num_samples)
+    head = (
+        f"# This run's plan: {num_samples} samples -> {per_epoch} iterations per epoch (the sampler\n"
+        "# rounds up to whole groups of batch_size * accumulative_counts samples) -> max_epochs times\n"
+        "# that. Warm-up: warmup_ratio of all iterations, but at least 2 (mmengine refuses 0, and with\n"
+        "# 1 its LinearLR never lifts the rate off start_factor), or none on a run under 3 iterations.\n"
+        f"total_iters = {total}\n"
+        f"warmup_iters = {warmup}\n"
+    )
+    warm = "    dict(type=LinearLR, start_factor=1e-5, by_epoch=False, begin=0, end=warmup_iters),\n"
+    cos = "    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=False, begin=warmup_iters, end=total_iters),\n"
+    body = warm + cos if warmup else cos
+    return head + "param_scheduler = [\n" + body + "]\n"
+
+
+def _runtime_part(s: Settings) -> str:
+    backend = "nccl" if s.device == "cuda" else "gloo"
+    return f'''\
+# Log one decoded training sample at the start (XTuner's DatasetInfoHook)
+tokenizer = dict(type=AutoTokenizer.from_pretrained, pretrained_model_name_or_path=model_path,
+                 trust_remote_code=True)
+custom_hooks = [dict(type=DatasetInfoHook, tokenizer=tokenizer)]
+
+default_hooks = dict(
+    timer=dict(type=IterTimerHook),
+    logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=log_interval),
+    param_scheduler=dict(type=ParamSchedulerHook),
+    checkpoint=dict(type=CheckpointHook, save_optimizer=False, by_epoch=False, interval=save_steps,
+                    max_keep_ckpts=save_total_limit),
+    sampler_seed=dict(type=DistSamplerSeedHook),
+)
+
+env_cfg = dict(
+    cudnn_benchmark=False,
+    mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+    dist_cfg=dict(backend="{backend}"),  # {"NCCL between GPUs" if backend == "nccl" else "gloo: a one-process group on the CPU"}
+)
+
+visualizer = None
+log_level = "INFO"
+load_from = None
+resume = False
+randomness = dict(seed=seed, deterministic=False)
+log_processor = dict(by_epoch=False)
+'''
+
+
+def render_config(settings: Settings, num_samples: int | None = None) -> str:
+    """The XTuner config file for ``settings`` (XTuner's flat style, PART 1 Settings first).
+
+    With ``num_samples`` (the training-set size, known once the data is validated) the
+    learning-rate schedule is written in iterations, so the warm-up can never round to 0.
+    """
+    if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
+        raise SettingsError(f"num_samples={num_samples!r}: the training set must hold at least one sample.")
+    s = settings
+    title = {"lora": "LoRA", "qlora": "QLoRA", "full": "full"}[s.method]
+    header = (
+        f"# XTuner config: InternVL2 {title} fine-tune on the {s.device.upper()}.\n"
+        "# Rendered from labkit.settings (python -m labkit.settings render); edit PART 1 only,\n"
+        "# or better, change the Settings and render again.\n"
+    )
+    parts = [
+        header,
+        _imports(s),
+        "\n" + _banner("PART 1  Settings") + _part1(s),
+        "\n" + _banner("PART 2  Model & Tokenizer & Image Processor") + _model_part(s),
+        "\n" + _banner("PART 3  Dataset & Dataloader") + _DATA_PART,
+        "\n" + _banner("PART 4  Scheduler & Optimizer") + _optim_part(s) + "\n" + _schedule_part(s, num_samples)
+        + "\ntrain_cfg = dict(type=TrainLoop, max_epochs=max_epochs)\n",
+        "\n" + _banner("PART 5  Runtime") + _runtime_part(s),
+    ]
+    return "".join(parts)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_config(settings: Settings, path, num_samples: int | None = None) -> Path:
+    """Render ``settings`` into ``path`` (atomically) and return the path."""
+    path = Path(path)
+    _write_atomic(path, render_config(settings, num_samples))
+    return path
+
+
+def stale_configs(config_dir=CONFIG_DIR) -> list[str]:
+    """Committed preset configs whose text differs from a fresh render."""
+    config_dir = Path(config_dir)
+    stale = []
+    for name, preset in PRESETS.items():
+        path = config_dir / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != render_config(preset()):
+            stale.append(name)
+    return stale
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m labkit.settings", description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["render", "check", "show"],
+                        help="render: rewrite configs/*.py; check: compare them; show PRESET: print one")
+    parser.add_argument("preset", nargs="?", help="for show: one of " + ", ".join(PRESETS))
+    args = parser.parse_args(argv)
+    if args.action == "render":
+        for name, preset in PRESETS.items():
+            print(f"wrote {write_config(preset(), CONFIG_DIR / name)}")
+        return 0
+    if args.action == "check":
+        stale = stale_configs()
+        for name in stale:
+            print(f"configs/{name} differs from its preset; run `python -m labkit.settings render`.")
+        return 1 if stale else 0
+    if args.preset not in PRESETS:
+        parser.error(f"show needs a preset: {', '.join(PRESETS)}")
+    sys.stdout.write(render_config(PRESETS[args.preset]()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
