@@ -76,7 +76,7 @@ def cjk_font_missing_reason() -> str | None:
     if found.strip():
         return None
     return ("no Chinese font is installed, so screenshots show boxes instead of the dish names "
-            "(the answers are still checked): apt-get install fonts-wqy-microhei")
+            "(the answers are still checked): ./lab setup installs one, or apt-get install fonts-wqy-zenhei")
 
 
 def test_cache_dir() -> Path:
