@@ -1,0 +1,125 @@
+"""XTuner LoRA training of the full-size InternVL2-2B architecture on a GPU: speed and memory.
+
+Builds InternVL2-2B's real architecture with random bf16 weights (labkit's official format),
+renders food pictures shaped like phone photos (4:3, so 12 tiles + a thumbnail = 13 tiles,
+3,328 image tokens per sample), and runs XTuner's own trainer through `labkit.finetune` with
+the course's LoRA recipe (r 128 on every LLM Linear, frozen ViT and LLM, mlp1 trained, bf16 AMP,
+gradient checkpointing) for a few iterations per batch size, with and without the memory-lean
+supervised-positions option. Prints step time, tokens/s, XTuner's logged peak memory, and the
+planner's prediction for the same setting.
+
+    python benchmarks/gpu_train.py --batches 1 2 4 8 --iters 6 --out results.json
+    python benchmarks/gpu_train.py --tiny --batches 2 --iters 3        # the same path on a CPU
+"""
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from labkit import finetune, plan, render  # noqa: E402
+from labkit.checkpoint import INTERNVL2_2B_CONFIG, build_model, load_config, write_checkpoint  # noqa: E402
+from labkit.data import answer_sentence, make_record  # noqa: E402
+from labkit.dishes import DISHES  # noqa: E402
+from labkit.settings import course_gpu, tiny_lora_cpu  # noqa: E402
+
+LOG_FIGURES = re.compile(r"Iter\(train\)\s*\[\s*(\d+)/.*?\btime:\s*([0-9.]+).*?(?:memory:\s*(\d+))?\s+loss")
+
+
+def write_data(root, count, size):
+    """``count`` pictures of ``size`` and their annotation file (one question each)."""
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(count):
+        dish = DISHES[i % len(DISHES)]
+        name = f"{dish.key}_{i:04d}.jpg"
+        render.save_jpeg(render.render_dish(dish, seed=1000 + i, size=size), images / name)
+        records.append(make_record(str(i), name, size, "图中的菜是什么？", answer_sentence(dish.name)))
+    path = root / "train.json"
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return path, images
+
+
+def figures_from_log(log_path, skip=2):
+    times, memory = [], []
+    for line in Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines():
+        match = LOG_FIGURES.search(line)
+        if match:
+            if int(match.group(1)) > skip:
+                times.append(float(match.group(2)))
+            if match.group(3):
+                memory.append(int(match.group(3)))
+    return (statistics.median(times) if times else float("nan")), (max(memory) / 1024 if memory else None)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--iters", type=int, default=6)
+    parser.add_argument("--lean", choices=["off", "on", "both"], default="both")
+    parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (checks the path)")
+    parser.add_argument("--size", type=int, nargs=2, default=[896, 672],
+                        help="picture size; any 4:3 size gives the 4x3 grid + thumbnail")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    import torch
+
+    work = Path(tempfile.mkdtemp(prefix="gpu-train-"))
+    device = "cpu" if args.tiny else "cuda"
+    if args.tiny:
+        model_dir = write_checkpoint(work / "model")
+        base, size, tiles = tiny_lora_cpu(), (256, 192), 13
+        # 4:3 at 64 px tiles and up to 12 tiles: the same 4x3 grid + thumbnail
+        config = load_config(model_dir / "config.json")
+        config["max_dynamic_patch"] = 12
+        (model_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    else:
+        config = load_config(INTERNVL2_2B_CONFIG)
+        model_dir = write_checkpoint(work / "model", config=config, max_shard_size="5GB",
+                                     model=build_model(config, dtype=torch.bfloat16, device="cuda"))
+        torch.cuda.empty_cache()
+        base, size, tiles = course_gpu().replace(amp="bfloat16"), tuple(args.size), 13
+    data, images = write_data(work / "data", max(args.batches) * args.iters, size)
+    leans = {"off": [False], "on": [True], "both": [False, True]}[args.lean]
+    rows = []
+    for batch in args.batches:
+        for lean in leans:
+            subset = work / f"data-b{batch}.json"
+            records = json.loads(data.read_text(encoding="utf-8"))[: batch * args.iters]
+            subset.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+            settings = base.replace(model_path=str(model_dir), data_paths=(str(subset),), image_folder=str(images),
+                                    batch_size=batch, accumulative_counts=1, max_epochs=1, warmup_ratio=0.0,
+                                    save_steps=10**6, log_interval=1, lean_logits=lean, device=device)
+            started = time.perf_counter()
+            try:
+                result = finetune.train(settings, work / f"run-b{batch}-lean{int(lean)}", progress=False)
+            except finetune.TrainingError as err:
+                rows.append({"batch": batch, "lean": lean, "error": str(err).splitlines()[0]})
+                print(rows[-1], flush=True)
+                continue
+            step, peak = figures_from_log(result.log_path)
+            tokens = batch * (tiles * (16 if args.tiny else 256) + 90)
+            predicted = None if args.tiny else plan.estimate(
+                INTERNVL2_2B_CONFIG, method="lora", lora_rank=128, batch_size=batch, tiles=tiles,
+                lean_logits=lean).total
+            rows.append({"batch": batch, "lean": lean, "step_s": round(step, 3),
+                         "tokens_per_s": round(tokens / step) if step == step else None,
+                         "peak_allocated_gib": round(peak, 2) if peak else None,
+                         "planned_gib": round(predicted, 2) if predicted else None,
+                         "ratio_plan_over_measured": round(predicted / peak, 3) if predicted and peak else None,
+                         "final_loss": result.losses[-1][1], "wall_s": round(time.perf_counter() - started, 1)})
+            print(rows[-1], flush=True)
+    report = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "torch": torch.__version__,
+              "tiles_per_sample": tiles, "picture": list(size), "iters": args.iters, "rows": rows}
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
