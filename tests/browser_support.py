@@ -12,14 +12,14 @@
   papermill does it (a cell tagged ``injected-parameters`` after the ``parameters`` cell).
 * :class:`NotebookPage` drives a notebook in the JupyterLab page: wait for a really idle kernel,
   Run All, wait until every code cell has run.
-* :func:`base_model_dir` is a session fixture: the tiny base model in the shared test cache
-  (``LABKIT_TEST_CACHE``, default ``<repo>/.cache/labkit-test``), built once for every test that
-  needs it.
+* :func:`base_model_dir` is a session fixture: the tiny base model notebook 02 uses by default
+  (``Workspace.base_model()``: the committed ``labkit/assets/base-tiny``, or else a build in the
+  shared test cache ``LABKIT_TEST_CACHE``, default ``<repo>/.cache/labkit-test``), made once for
+  every test that needs it.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -38,7 +38,6 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
-DEV_FALLBACK = not (REPO_ROOT / "labkit/assets/base-tiny/config.json").is_file()  # DEV-FALLBACK
 ARTIFACTS = REPO_ROOT / "runs" / "test-artifacts"
 
 # Without the networking flags Chromium stalls on look-ups that a closed network refuses.
@@ -89,15 +88,9 @@ test_cache_dir.__test__ = False  # a helper, not a test for pytest to collect
 
 @pytest.fixture(scope="session")
 def base_model_dir(tmp_path_factory):
-    """The tiny base model, built once into the shared test cache (labkit.base_model)."""
+    """The tiny base model: labkit's committed one, or else built once into the shared test cache."""
     from labkit.workspace import Workspace
 
-    if DEV_FALLBACK:  # DEV-FALLBACK
-        from labkit.checkpoint import write_checkpoint
-        path = test_cache_dir() / "dev-random-tiny"
-        if not path.exists():
-            write_checkpoint(path)
-        return path
     return Workspace(tmp_path_factory.mktemp("base-model-run"), test_cache_dir()).base_model()
 
 

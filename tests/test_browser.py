@@ -29,7 +29,6 @@ import psutil
 import pytest
 
 from browser_support import (  # noqa: F401  (base_model_dir is a pytest fixture)
-    DEV_FALLBACK,
     REPO_ROOT,
     JupyterLab,
     NotebookPage,
@@ -109,7 +108,7 @@ def expected_answers(base_model_dir, food_picture):  # noqa: F811
 
 
 @pytest.fixture
-def notebook_02(tmp_path, base_model_dir):  # noqa: F811
+def notebook_02(tmp_path, base_model_dir):  # noqa: F811  (built first, so the notebook finds it)
     """Notebook 02 open in Chromium in a JupyterLab of its own; everything stopped afterwards.
 
     Yields (page, NotebookPage, run_dir). A full-page screenshot and the server log are saved as
@@ -119,7 +118,6 @@ def notebook_02(tmp_path, base_model_dir):  # noqa: F811
     root.mkdir()
     parameterized_notebook(NOTEBOOK, root / NOTEBOOK.name, {
         "run_dir": str(run_dir), "cache_dir": str(test_cache_dir()), "device": "cpu", "backend": "transformers",
-        **({"model_dir": str(base_model_dir)} if DEV_FALLBACK else {}),  # DEV-FALLBACK
     })
     with JupyterLab(root, tmp_path / "home") as lab:
         try:
