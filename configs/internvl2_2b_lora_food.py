@@ -91,7 +91,8 @@ train_dataset = dict(
     type=InternVL_V1_5_Dataset,
     model_path=model_path,
     data_paths=list(data_paths),
-    image_folders=[image_folder] * len(data_paths),
+    image_folders=[image_folder] * len(data_paths),  # XTuner wants one folder and one repeat
+    repeat_times=[1] * len(data_paths),  # count per annotation file
     template=prompt_template,
     max_length=max_length,
 )

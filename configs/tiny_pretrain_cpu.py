@@ -40,8 +40,8 @@ max_length = 2048  # longest token sequence; longer samples are cut
 batch_size = 8  # samples per device per step
 accumulative_counts = 1  # steps whose gradients add up before one optimizer update
 dataloader_num_workers = 0  # background processes that prepare batches (0 = main process)
-max_epochs = 6  # passes over the training data
-lr = 0.002  # peak learning rate
+max_epochs = 14  # passes over the training data
+lr = 0.001  # peak learning rate
 betas = (0.9, 0.999)  # AdamW moment decay rates
 weight_decay = 0.0  # AdamW weight decay
 max_norm = 1.0  # gradient clipping: largest allowed gradient norm
@@ -81,7 +81,8 @@ train_dataset = dict(
     type=InternVL_V1_5_Dataset,
     model_path=model_path,
     data_paths=list(data_paths),
-    image_folders=[image_folder] * len(data_paths),
+    image_folders=[image_folder] * len(data_paths),  # XTuner wants one folder and one repeat
+    repeat_times=[1] * len(data_paths),  # count per annotation file
     template=prompt_template,
     max_length=max_length,
 )

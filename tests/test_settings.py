@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from labkit import settings as S
-from labkit.settings import Settings, SettingsError
+from labkit.settings import Settings, SettingsError  # noqa: F401
+from fixtures_model import tiny_checkpoint  # noqa: F401,E402
 
 REPO_ROOT = S.REPO_ROOT
 
@@ -206,3 +207,19 @@ def test_planned_iterations_match_xtuners_sampler_and_dataloader():
         sampler = LengthGroupedSampler(Lengths(samples), per_device_batch_size=batch * accum,
                                        length_property="modality_length", seed=0)
         assert len(DataLoader(Lengths(samples), batch_size=batch, sampler=sampler)) == s.planned_iterations(samples)
+
+
+def test_several_annotation_files_build_one_xtuner_dataset(tmp_path, tiny_checkpoint):  # noqa: F811
+    """XTuner wants as many image folders and repeat counts as annotation files."""
+    from mmengine.config import Config
+
+    from labkit.data import build_datasets
+    from xtuner.registry import BUILDER
+
+    sizes = {"general": {"train": 1, "val": 0, "test": 0}, "food": {"train": 1, "val": 0, "test": 0}}
+    data = build_datasets(tmp_path / "data", sizes=sizes)
+    s = S.tiny_lora_cpu().replace(model_path=str(tiny_checkpoint), image_folder=str(data["image_folder"]),
+                                  data_paths=[str(data["food"]["train"]), str(data["general"]["train"])])
+    cfg = Config.fromfile(str(S.write_config(s, tmp_path / "cfg.py", num_samples=23)))
+    dataset = BUILDER.build(cfg.train_dataset)
+    assert len(dataset) == 13 + 10

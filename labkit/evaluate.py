@@ -1,0 +1,141 @@
+"""Ask a model about every picture of a test split and score the answers.
+
+    from labkit.evaluate import evaluate
+    report = evaluate("runs/food-merged", "runs/data/food/test.json", "runs/data/images")
+    print(report.table())
+    report.accuracy("held_back")      # share of held-back dishes (肠粉 ...) named correctly
+
+Every sample's question is asked with `InternVLChatModel.chat` and greedy decoding, exactly as a
+student would ask it; the expected dish is read from the sample's reference answer. An answer
+counts as correct when `labkit.data.answer_dish` finds the right dish in it, and as being in
+sentence form when it reads exactly "图中的菜是X。" (after "B，" for a multiple-choice question),
+as `labkit.data.expected_form` decides.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+@dataclass
+class Answer:
+    image: str
+    question: str
+    expected: str  # the dish the picture shows
+    answer: str  # what the model said
+    named: str | None  # the dish named in the answer, if any
+
+    @property
+    def correct(self) -> bool:
+        return self.named == self.expected
+
+    @property
+    def sentence_form(self) -> bool:
+        from labkit.data import expected_form
+
+        return expected_form(self.answer)
+
+
+@dataclass
+class Report:
+    """Answers of one model on one annotation file, with per-dish and per-group figures."""
+
+    model_dir: str
+    annotation: str
+    answers: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def group(self, name: str) -> list:
+        """Answers for ``"all"``, ``"known"`` (in the base model's data) or ``"held_back"`` dishes."""
+        from labkit.dishes import is_held_back
+
+        if name == "all":
+            return list(self.answers)
+        want = name == "held_back"
+        if name not in ("known", "held_back"):
+            raise ValueError(f"group {name!r}: use 'all', 'known' or 'held_back'.")
+        return [a for a in self.answers if is_held_back(a.expected) == want]
+
+    def accuracy(self, group: str = "all") -> float:
+        answers = self.group(group)
+        return sum(a.correct for a in answers) / len(answers) if answers else float("nan")
+
+    def sentence_rate(self, group: str = "all") -> float:
+        answers = self.group(group)
+        return sum(a.sentence_form for a in answers) / len(answers) if answers else float("nan")
+
+    def per_dish(self) -> dict:
+        """``{dish: (correct, total)}`` in the order of the dish table."""
+        from labkit.dishes import dish_names
+
+        total = Counter(a.expected for a in self.answers)
+        right = Counter(a.expected for a in self.answers if a.correct)
+        return {name: (right[name], total[name]) for name in dish_names() if total[name]}
+
+    def confusions(self, dish: str) -> Counter:
+        """What the model named when the picture showed ``dish``."""
+        return Counter(a.named or f"(no dish: {a.answer[:20]})" for a in self.answers if a.expected == dish)
+
+    def table(self) -> str:
+        from labkit.dishes import is_held_back
+
+        lines = [f"{'dish':<8} {'held back':>9} {'correct':>8} {'share':>6}"]
+        for name, (right, total) in self.per_dish().items():
+            lines.append(f"{name:<8} {'yes' if is_held_back(name) else '':>9} {right:>4}/{total:<3} {right / total:>6.0%}")
+        lines.append(f"known dishes {self.accuracy('known'):.0%}, held-back dishes {self.accuracy('held_back'):.0%}, "
+                     f"sentence form {self.sentence_rate():.0%} ({len(self.answers)} answers, {self.seconds:.0f} s)")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {
+            "model_dir": self.model_dir, "annotation": self.annotation, "seconds": self.seconds,
+            "accuracy": {g: self.accuracy(g) for g in ("all", "known", "held_back")},
+            "sentence_rate": self.sentence_rate(),
+            "per_dish": {k: list(v) for k, v in self.per_dish().items()},
+            "answers": [dict(image=a.image, question=a.question, expected=a.expected, answer=a.answer, named=a.named)
+                        for a in self.answers],
+        }
+
+
+def inside(folder, relative) -> Path:
+    """``folder / relative``, refusing a path that climbs out of ``folder`` (``../``, absolute)."""
+    root = Path(folder).resolve()
+    path = (root / relative).resolve()
+    if root != path and root not in path.parents:
+        raise ValueError(f"image path {relative!r} points outside the image folder {root}; fix the annotation.")
+    return path
+
+
+def ask(model, tokenizer, image_path, question, max_new_tokens=16):
+    """One greedy answer about one picture, tiled the way the model's config says."""
+    from labkit.tiling import tiling_from_config
+
+    tiling = tiling_from_config(model.config.to_dict())
+    pixels = tiling.load(image_path).to(model.dtype)
+    config = dict(max_new_tokens=max_new_tokens, do_sample=False)
+    with torch.inference_mode():
+        return model.chat(tokenizer, pixels, question, config)
+
+
+def evaluate(model_dir, annotation, image_folder, max_new_tokens=16, limit=None, model=None) -> Report:
+    """Answer every question of ``annotation`` with the model in ``model_dir``; return a `Report`.
+
+    ``model`` may be an already loaded ``(model, tokenizer)`` pair to skip loading.
+    """
+    import time
+
+    from labkit.checkpoint import load_checkpoint
+    from labkit.data import answer_dish, load_samples
+
+    model, tokenizer = model if model is not None else load_checkpoint(model_dir)
+    started = time.monotonic()
+    report = Report(model_dir=str(model_dir), annotation=str(annotation))
+    for sample in load_samples(annotation)[:limit]:
+        if sample.dish is None:
+            raise ValueError(f"{annotation}: sample {sample.id}: the reference answer {sample.answer!r} names no dish.")
+        answer = ask(model, tokenizer, inside(image_folder, sample.image), sample.question, max_new_tokens)
+        report.answers.append(Answer(sample.image, sample.question, sample.dish, answer, answer_dish(answer)))
+    report.seconds = round(time.monotonic() - started, 1)
+    return report

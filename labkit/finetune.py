@@ -1,0 +1,336 @@
+"""Fine-tune InternVL2 with XTuner's own trainer, and make sure it really trained.
+
+    from labkit import finetune, settings
+    result = finetune.train(settings.tiny_lora_cpu(), "runs/food-lora")
+    result.checkpoint      # runs/food-lora/xtuner/iter_30.pth - the trained weights (LoRA + mlp1)
+    result.losses          # [(1, 6.41), (2, 5.87), ...]
+
+What `train` does, step by step:
+
+1. Check the inputs before anything slow starts: the model folder is a complete checkpoint,
+   every annotation file passes `labkit.validate` (XTuner would silently swap a broken sample
+   for a random other one), and the work folder holds no finished run.
+2. Plan: count the samples and compute how many iterations XTuner will run
+   (`Settings.planned_iterations`), then render the XTuner config into the work folder with
+   that plan (`labkit.settings.render_config`).
+3. Run XTuner's training entry point in a child process (`labkit.xtuner_launch`; several GPUs
+   through ``torchrun`` + DeepSpeed). Its output streams into ``train.log``; a progress bar and
+   the optional ``on_loss(iteration, loss)`` callback follow the logged iterations.
+4. Decide success from evidence, not from hope: exit code 0, no Python traceback in the log,
+   the log reached the planned iteration, and ``iter_<planned>.pth`` exists. Anything else
+   raises `TrainingError` with the end of the log.
+5. Save the loss curve (``loss.png``) and a ``result.json`` that marks the folder finished.
+
+The work folder then holds ``config.py`` (the rendered XTuner config), ``train.log``,
+``loss.png``, ``result.json`` and ``xtuner/`` - XTuner's own work dir with ``iter_<N>.pth``.
+
+CPU or one GPU: ``python -m labkit.xtuner_launch CONFIG --work-dir W``. Several GPUs
+(``Settings(gpus=N, zero_stage=2)``): ``torchrun --nproc-per-node N -m labkit.xtuner_launch
+CONFIG --work-dir W --deepspeed deepspeed_zero2`` - written for the course GPU machines, not
+testable on a laptop.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from labkit.settings import Settings, write_config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MARKER = "labkit-run.json"  # written when a run starts: the folder belongs to labkit
+RESULT = "result.json"  # written when a run finished and passed every check
+LOG_NAME = "train.log"
+CONFIG_NAME = "config.py"
+XTUNER_DIR = "xtuner"  # XTuner's own work dir: checkpoints, its config dump, timestamped logs
+TAIL_LINES = 40
+
+# mmengine's training log line: "Iter(train) [ 12/120]  lr: 1.0e-03  ...  loss: 2.3456 ..."
+ITER_LINE = re.compile(r"Iter\(train\)\s*\[\s*(\d+)\s*/\s*(\d+)\s*\].*?\bloss:\s*([-+0-9.eE]+|nan|inf)")
+
+
+class TrainingError(RuntimeError):
+    """Training did not finish as planned; the message carries the end of the log."""
+
+    def __init__(self, message, log_path=None, log_tail=""):
+        self.log_path, self.log_tail = log_path, log_tail
+        text = message
+        if log_path:
+            text += f"\nFull log: {log_path}"
+        if log_tail:
+            text += f"\n--- last lines of the log ---\n{log_tail}"
+        super().__init__(text)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run left behind, with the figures that prove it trained."""
+
+    work_dir: Path
+    checkpoint: Path  # xtuner/iter_<N>.pth: the trained weights (LoRA + mlp1, or the whole model)
+    config_path: Path  # the exact XTuner config the run used
+    log_path: Path
+    loss_curve: Path | None
+    num_samples: int
+    iterations: int  # iterations XTuner ran (== planned_iterations)
+    planned_iterations: int
+    losses: list = field(default_factory=list)  # [(iteration, loss), ...] as logged
+    wall_time_s: float = 0.0
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        for key in ("work_dir", "checkpoint", "config_path", "log_path", "loss_curve"):
+            data[key] = str(data[key]) if data[key] is not None else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainResult":
+        data = dict(data)
+        for key in ("work_dir", "checkpoint", "config_path", "log_path", "loss_curve"):
+            data[key] = Path(data[key]) if data[key] is not None else None
+        data["losses"] = [tuple(pair) for pair in data["losses"]]
+        return cls(**data)
+
+
+# -- 1. inputs ----------------------------------------------------------------------------
+def resolve_paths(settings: Settings, base=None) -> Settings:
+    """The settings with every path made absolute (relative paths are read from ``base``/cwd)."""
+    base = Path(base or os.getcwd())
+
+    def absolute(path):
+        path = Path(path).expanduser()
+        return str(path if path.is_absolute() else (base / path).resolve())
+
+    return settings.replace(
+        model_path=absolute(settings.model_path),
+        data_paths=tuple(absolute(p) for p in settings.data_paths),
+        image_folder=absolute(settings.image_folder),
+    )
+
+
+def check_model(settings: Settings) -> None:
+    """The model folder must be a complete checkpoint (labkit.checkpoint.check_model_folder)."""
+    from labkit.checkpoint import check_model_folder
+
+    check_model_folder(settings.model_path)
+
+
+def check_data(settings: Settings) -> int:
+    """Validate every annotation file against the image folder; return the number of samples.
+
+    XTuner skips a sample whose image fails to load and trains on a random other one instead,
+    without stopping; validating first means nothing is silently skipped.
+    """
+    from labkit.validate import validate
+
+    total = 0
+    for path in settings.data_paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: annotation file not found (setting data_paths). Build the data "
+                                    "with labkit.data.build_datasets or point data_paths at your file.")
+        validate(path, settings.image_folder).raise_if_bad()
+        total += count_samples(path)
+    if total == 0:
+        raise ValueError(f"{', '.join(settings.data_paths)}: no training samples.")
+    return total
+
+
+def count_samples(path) -> int:
+    """Samples in a JSON list or JSONL annotation file."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        return sum(1 for line in text.splitlines() if line.strip())
+    return len(json.loads(text))
+
+
+def prepare_work_dir(work_dir, overwrite=False) -> Path:
+    """An empty (or labkit-owned, unfinished) work folder; a finished run needs ``overwrite``."""
+    work_dir = Path(work_dir).resolve()
+    if work_dir.exists() and not work_dir.is_dir():
+        raise FileExistsError(f"{work_dir}: exists and is not a folder; choose another work_dir.")
+    if work_dir.is_dir() and any(work_dir.iterdir()):
+        if not (work_dir / MARKER).is_file():
+            raise FileExistsError(
+                f"{work_dir}: not empty and not a labkit training folder; nothing was touched. "
+                "Choose a new or empty work_dir."
+            )
+        if (work_dir / RESULT).is_file() and not overwrite:
+            raise FileExistsError(
+                f"{work_dir}: already holds a finished run ({RESULT}); nothing was touched. Use "
+                "finetune.load_result() to read it, choose a new work_dir, or pass overwrite=True to train again."
+            )
+        shutil.rmtree(work_dir)  # our own unfinished run, or a finished one the caller replaces
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return work_dir
+
+
+# -- 3. running XTuner --------------------------------------------------------------------
+def launch_command(settings: Settings, config_path, work_dir) -> list[str]:
+    """The command that runs XTuner's trainer for these settings."""
+    module = ["-m", "labkit.xtuner_launch", str(config_path), "--work-dir", str(work_dir),
+              "--device", settings.device]
+    if settings.zero_stage:
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(settings.gpus),
+                *module, "--deepspeed", f"deepspeed_zero{settings.zero_stage}"]
+    return [sys.executable, *module]
+
+
+def _child_env(settings: Settings) -> dict:
+    env = dict(os.environ)
+    if settings.cpu_threads:
+        # On a CPU that other programs also use, fewer threads than cores can be much faster:
+        # torch's threads wait for each other at every operation.
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(settings.cpu_threads)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def parse_log_line(line):
+    """``(iteration, planned, loss)`` from an mmengine training log line, else None."""
+    match = ITER_LINE.search(line)
+    if not match:
+        return None
+    return int(match.group(1)), int(match.group(2)), float(match.group(3))
+
+
+def run_logged(command, log_path, planned, progress=True, on_loss=None, timeout_s=None, env=None):
+    """Run ``command``, copy its output into ``log_path``, follow the iterations.
+
+    Returns ``(exit_code, losses, last_iteration, total_shown, tail)``.
+    """
+    losses, tail = [], deque(maxlen=TAIL_LINES)
+    last_iter, total_shown = 0, None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=planned, desc="XTuner training", unit="it")
+    started = time.monotonic()
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(command) + "\n")
+        log.flush()
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env or os.environ,
+                                cwd=str(REPO_ROOT), text=True, encoding="utf-8", errors="replace", bufsize=1)
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                tail.append(line.rstrip("\n"))
+                parsed = parse_log_line(line)
+                if parsed:
+                    iteration, total_shown, loss = parsed
+                    losses.append((iteration, loss))
+                    if bar is not None:
+                        bar.update(iteration - last_iter)
+                        bar.set_postfix(loss=f"{loss:.4f}")
+                    last_iter = iteration
+                    if on_loss is not None:
+                        on_loss(iteration, loss)
+                if timeout_s and time.monotonic() - started > timeout_s:
+                    proc.kill()
+                    note = f"[labkit] stopped: the run took longer than timeout_s={timeout_s}"
+                    log.write(note + "\n")
+                    tail.append(note)
+                    break
+            code = proc.wait()
+        except BaseException:  # Ctrl-C in a notebook: stop the child we started, then re-raise
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+    return code, losses, last_iter, total_shown, "\n".join(tail)
+
+
+def log_tail(log_path, lines=TAIL_LINES) -> str:
+    """The end of a log; when it holds a Python traceback, from the start of the last one."""
+    text = Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines()
+    starts = [i for i, line in enumerate(text) if "Traceback (most recent call last)" in line]
+    begin = max(len(text) - lines, 0)
+    if starts:
+        begin = max(min(starts[-1], begin), len(text) - 3 * lines)
+    return "\n".join(line if len(line) < 400 else line[:400] + " ..." for line in text[begin:])
+
+
+def find_checkpoint(work_dir, iteration) -> Path | None:
+    """``iter_<iteration>.pth`` (a file, or a folder under DeepSpeed) if XTuner saved it."""
+    path = Path(work_dir) / f"iter_{iteration}.pth"
+    return path if path.exists() else None
+
+
+def check_outcome(code, log_path, planned, last_iter, total_shown, work_dir, tail):
+    """Raise TrainingError unless every piece of evidence says the run finished as planned."""
+    log_text = Path(log_path).read_text(encoding="utf-8", errors="replace")
+    if code != 0:
+        raise TrainingError(f"XTuner training failed (exit code {code}).", log_path, tail)
+    if "Traceback (most recent call last)" in log_text:
+        raise TrainingError("XTuner exited 0 but its log holds a Python traceback.", log_path, tail)
+    if total_shown is not None and total_shown != planned:
+        raise TrainingError(
+            f"XTuner planned {total_shown} iterations but labkit planned {planned} "
+            "(samples / (batch_size * accumulative_counts), rounded up, x accumulative_counts x max_epochs).",
+            log_path, tail)
+    if last_iter != planned:
+        raise TrainingError(f"The log stops at iteration {last_iter} of the planned {planned}.", log_path, tail)
+    checkpoint = find_checkpoint(work_dir, planned)
+    if checkpoint is None:
+        raise TrainingError(f"No checkpoint iter_{planned}.pth in {work_dir} after training.", log_path, tail)
+    return checkpoint
+
+
+# -- the whole run ------------------------------------------------------------------------
+def train(settings: Settings, work_dir, progress=True, on_loss=None, overwrite=False, validate=True,
+          timeout_s=None) -> TrainResult:
+    """Fine-tune with XTuner as ``settings`` say; return a `TrainResult` or raise `TrainingError`.
+
+    ``on_loss(iteration, loss)`` is called for every logged iteration (e.g. `labkit.plots.LiveLoss`).
+    ``validate=False`` skips the data check - only for demonstrating what XTuner does without it.
+    """
+    settings = resolve_paths(settings)
+    check_model(settings)
+    num_samples = check_data(settings) if validate else sum(count_samples(p) for p in settings.data_paths)
+    work_dir = prepare_work_dir(work_dir, overwrite)
+    planned = settings.planned_iterations(num_samples)
+    marker = {"settings": asdict(settings), "num_samples": num_samples, "planned_iterations": planned}
+    (work_dir / MARKER).write_text(json.dumps(marker, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    config_path = write_config(settings, work_dir / CONFIG_NAME, num_samples=num_samples)
+    log_path = work_dir / LOG_NAME
+    started = time.monotonic()
+    xtuner_dir = work_dir / XTUNER_DIR
+    code, losses, last_iter, total_shown, _ = run_logged(
+        launch_command(settings, config_path, xtuner_dir), log_path, planned, progress, on_loss, timeout_s,
+        _child_env(settings))
+    wall = round(time.monotonic() - started, 1)
+    checkpoint = check_outcome(code, log_path, planned, last_iter, total_shown, xtuner_dir, log_tail(log_path))
+    from labkit.plots import save_loss_curve
+
+    curve = save_loss_curve(losses, work_dir / "loss.png", title=f"training loss ({settings.method})")
+    result = TrainResult(work_dir=work_dir, checkpoint=checkpoint, config_path=config_path, log_path=log_path,
+                         loss_curve=curve, num_samples=num_samples, iterations=last_iter,
+                         planned_iterations=planned, losses=losses, wall_time_s=wall)
+    _write_json(work_dir / RESULT, result.to_json())
+    return result
+
+
+def load_result(work_dir) -> TrainResult:
+    """The `TrainResult` of a finished run in ``work_dir``."""
+    path = Path(work_dir) / RESULT
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; {work_dir} holds no finished labkit training run.")
+    return TrainResult.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _write_json(path, data):
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
