@@ -99,6 +99,16 @@ class Report:
         }
 
 
+def paired(first: Report, second: Report, dish: str | None = None) -> list:
+    """``(answer of first, answer of second)`` for the same picture and question, in order.
+
+    ``dish`` keeps only pictures of that dish. Used to show what a fine-tune changed.
+    """
+    by_key = {(a.image, a.question): a for a in second.answers}
+    return [(a, by_key[(a.image, a.question)]) for a in first.answers
+            if (a.image, a.question) in by_key and (dish is None or a.expected == dish)]
+
+
 def inside(folder, relative) -> Path:
     """``folder / relative``, refusing a path that climbs out of ``folder`` (``../``, absolute)."""
     root = Path(folder).resolve()

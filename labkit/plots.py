@@ -233,12 +233,13 @@ def gallery(base, tuned, image_folder, path, per_dish=1, max_pictures=12):
 
     from labkit.dishes import is_held_back
 
-    tuned_by_key = {(a.image, a.question): a for a in tuned.answers}
+    from labkit.evaluate import paired
+
     chosen, seen = [], {}
-    for answer in sorted(base.answers, key=lambda a: not is_held_back(a.expected)):
-        if seen.get(answer.expected, 0) < per_dish and (answer.image, answer.question) in tuned_by_key:
-            seen[answer.expected] = seen.get(answer.expected, 0) + 1
-            chosen.append((answer, tuned_by_key[(answer.image, answer.question)]))
+    for before, after in sorted(paired(base, tuned), key=lambda pair: not is_held_back(pair[0].expected)):
+        if seen.get(before.expected, 0) < per_dish:
+            seen[before.expected] = seen.get(before.expected, 0) + 1
+            chosen.append((before, after))
         if len(chosen) >= max_pictures:
             break
     cols = 4
