@@ -55,7 +55,7 @@ log_interval = 10  # log the (averaged) loss every this many iterations
 
 # Hardware & randomness
 device = "cuda"  # cpu | cuda
-amp = "float16"  # mixed precision on GPU: off | float16 | bfloat16 (CPU: off)
+amp = "bfloat16"  # mixed precision on GPU: off | float16 | bfloat16 (CPU: off)
 gpus = 1  # GPUs on this machine to train on (more than 1 needs zero_stage)
 zero_stage = 0  # DeepSpeed ZeRO stage 1-3 through torchrun (0 = no DeepSpeed)
 cpu_threads = 0  # CPU threads for torch (0 = torch's default, all cores; read by labkit.finetune)
@@ -114,9 +114,10 @@ train_dataloader = dict(
 #                    PART 4  Scheduler & Optimizer                    #
 #######################################################################
 optim_wrapper = dict(
-    type=AmpOptimWrapper,  # mixed precision on the GPU
+    type=AmpOptimWrapper,  # bfloat16 autocast on the GPU
     dtype=amp,
-    loss_scale="dynamic",
+    # bfloat16 has float32's range: no loss scaling (a GradScaler cannot unscale bf16 grads)
+    loss_scale=dict(enabled=False),
     optimizer=dict(type=optim_type, lr=lr, betas=betas, weight_decay=weight_decay),
     clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
     accumulative_counts=accumulative_counts,

@@ -251,13 +251,17 @@ def _check_combination(s: Settings) -> None:
             _fail("method", s.method, "QLoRA quantises with bitsandbytes, which needs a GPU; use 'lora' on the CPU")
         if s.gpus != 1 or s.zero_stage != 0:
             _fail("device", s.device, "the CPU path is one process: set gpus=1 and zero_stage=0")
+    if s.amp == "float16" and s.weights_dtype == "bfloat16" and s.zero_stage == 0:
+        # Seen on an H200 (torch 2.11): the GradScaler behind loss scaling cannot unscale the
+        # gradients of mlp1, which XTuner loads and trains in bfloat16 ("not implemented for
+        # 'BFloat16'"). bfloat16 needs no loss scaling, so amp='bfloat16' runs without a scaler.
+        _fail("amp", s.amp, "float16 loss scaling cannot unscale the bfloat16 weights XTuner trains (mlp1); "
+              "use amp='bfloat16' (A100/H100/H200 and newer)")
     if s.gpus > 1 and s.zero_stage == 0:
         _fail("gpus", s.gpus, "several GPUs train through torchrun + DeepSpeed: set zero_stage to 1, 2 or 3")
     if s.method in ("lora", "qlora") and not s.freeze_llm:
         _fail("freeze_llm", s.freeze_llm, "with LoRA the LLM's own weights stay frozen anyway (PEFT freezes them); "
               "set freeze_llm=True, or method='full' to train them")
-    if s.method == "full" and s.lean_logits is False and s.weights_dtype == "float32":
-        pass  # allowed: float32 weights alone also select labkit.lean.LeanInternVL
 
 
 # -- presets ------------------------------------------------------------------------------
@@ -265,7 +269,7 @@ def course_gpu() -> Settings:
     """The course's InternVL2-2B LoRA recipe (XTuner's internvl_v2_internlm2_2b_lora_finetune.py
     with the course's values): LoRA r 128 / alpha 256 / dropout 0.05 on every LLM Linear, frozen
     ViT and LLM, the projector mlp1 trained, AdamW lr 3e-5, 3% warm-up then cosine, 10 epochs,
-    batch 4 x accumulation 2, fp16 AMP on one GPU.
+    batch 4 x accumulation 2, bfloat16 AMP on one GPU (float16 loss scaling fails on the bf16-trained mlp1).
 
     ``model_path`` names a local copy of OpenGVLab/InternVL2-2B; labkit never downloads it.
     """
@@ -276,7 +280,7 @@ def course_gpu() -> Settings:
         max_length=8192, batch_size=4, accumulative_counts=2, dataloader_num_workers=4,
         max_epochs=10, lr=3e-5, betas=(0.9, 0.999), weight_decay=0.05, max_norm=1.0, warmup_ratio=0.03,
         save_steps=64, save_total_limit=2, log_interval=10,
-        device="cuda", amp="float16", gpus=1, zero_stage=0,
+        device="cuda", amp="bfloat16", gpus=1, zero_stage=0,
     )
 
 
@@ -455,7 +459,12 @@ train_dataloader = dict(
 
 
 def _optim_part(s: Settings) -> str:
-    if s.amp != "off":
+    if s.amp == "bfloat16":
+        wrapper = ("    type=AmpOptimWrapper,  # bfloat16 autocast on the GPU\n"
+                   "    dtype=amp,\n"
+                   "    # bfloat16 has float32's range: no loss scaling (a GradScaler cannot unscale bf16 grads)\n"
+                   "    loss_scale=dict(enabled=False),\n")
+    elif s.amp != "off":
         wrapper = ("    type=AmpOptimWrapper,  # mixed precision on the GPU\n"
                    "    dtype=amp,\n"
                    '    loss_scale="dynamic",\n')

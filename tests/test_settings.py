@@ -20,7 +20,7 @@ def test_course_gpu_holds_the_course_values():
     assert s.freeze_llm and s.freeze_visual_encoder
     assert (s.lr, s.betas, s.weight_decay, s.warmup_ratio) == (3e-5, (0.9, 0.999), 0.05, 0.03)
     assert (s.max_epochs, s.batch_size, s.accumulative_counts, s.max_length) == (10, 4, 2, 8192)
-    assert (s.save_steps, s.device, s.amp) == (64, "cuda", "float16")
+    assert (s.save_steps, s.device, s.amp) == (64, "cuda", "bfloat16")
 
 
 def test_tiny_lora_uses_the_same_method_as_the_course():
@@ -70,6 +70,7 @@ def test_lists_and_single_paths_are_accepted():
 
 @pytest.mark.parametrize("overrides, words", [
     (dict(amp="float16"), "needs a GPU"),
+    (dict(device="cuda", amp="float16", weights_dtype="bfloat16"), "cannot unscale"),
     (dict(method="qlora"), "bitsandbytes"),
     (dict(gpus=2), "CPU path is one process"),
     (dict(method="lora", freeze_llm=False), "freeze_llm"),
@@ -122,7 +123,8 @@ def test_rendered_values_reach_xtuner_config(tmp_path):
     assert cfg.model.type.__name__ == "InternVL_V1_5"
     assert cfg.model.llm_lora.r == 128 and cfg.model.llm_lora.lora_alpha == 256
     assert cfg.model.llm_lora.target_modules is None
-    assert cfg.optim_wrapper.type.__name__ == "AmpOptimWrapper" and cfg.optim_wrapper.dtype == "float16"
+    assert cfg.optim_wrapper.type.__name__ == "AmpOptimWrapper" and cfg.optim_wrapper.dtype == "bfloat16"
+    assert cfg.optim_wrapper.loss_scale == dict(enabled=False)  # a GradScaler cannot unscale bf16 grads
     assert cfg.optim_wrapper.optimizer.lr == 1e-4 and cfg.optim_wrapper.accumulative_counts == 2
     assert cfg.env_cfg.dist_cfg.backend == "nccl"
     assert cfg.randomness.seed == 7 and cfg.train_dataloader.sampler.seed == 7
