@@ -1,0 +1,269 @@
+"""The pretrained tiny base model: how it is made, checked, and found.
+
+The CPU course needs a small model that already recognises the known dishes, answers in the
+sentence form "图中的菜是X。", and has never seen the held-back dishes (肠粉 ...), so that the
+fine-tune has something visible to teach. It is made the way InternVL itself is made - by
+training - only tiny:
+
+1. write a tiny InternVL2 checkpoint with random weights (`labkit.checkpoint`);
+2. render the course data (`labkit.data`); the ``general`` set holds the known dishes only;
+3. fully fine-tune every weight (vision tower, projector, language model) on ``general/train``
+   with XTuner (`labkit.finetune`, preset `labkit.settings.tiny_pretrain_cpu`);
+4. turn XTuner's ``.pth`` into an official-format folder (`labkit.convert`);
+5. check it on the test splits: known dishes >= 80 % right, held-back dishes <= 10 % right
+   (it has never seen them, so it names another dish), >= 95 % of answers in sentence form.
+   A model that misses a target is not published.
+
+That takes several minutes on a 2-core laptop, so the result is committed under
+``labkit/assets/base-tiny`` (bf16 safetensors, about 2 MB) together with ``base-model.json``
+(the figures, the seed, the settings). Rebuild it with::
+
+    python -m labkit.base_model build labkit/assets/base-tiny --overwrite [--seed 0]
+    python -m labkit.base_model check labkit/assets/base-tiny     # re-measure the targets
+    python -m labkit.base_model refresh-code labkit/assets/base-tiny   # after a model-code fix
+
+Notebooks and the main job call `ensure_base()`, which returns the committed folder (or, if it
+is missing, builds one into a cache folder named after a fingerprint of the code that makes it).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ASSET_DIR = PACKAGE_DIR / "assets" / "base-tiny"
+REPORT_NAME = "base-model.json"
+TARGETS = {"known_min": 0.80, "held_back_max": 0.10, "sentence_min": 0.95}
+# The files whose contents decide what a build produces (the cache fingerprint).
+SOURCES = ("base_model.py", "settings.py", "finetune.py", "lean.py", "xtuner_launch.py", "checkpoint.py",
+           "tokenizer.py", "dishes.py", "render.py", "data.py", "convert.py", "model/*.py")
+
+
+class BaseModelError(RuntimeError):
+    """The base model could not be built, or misses a target."""
+
+
+@dataclass
+class BaseCheck:
+    """The three figures the base model must meet, measured on the test splits."""
+
+    known_accuracy: float  # general/test: known dishes named correctly
+    held_back_accuracy: float  # food/test, held-back dishes only: named correctly (should be ~0)
+    sentence_rate: float  # general/test: answers of the form "图中的菜是X。"
+    answers: int
+
+    def failures(self) -> list[str]:
+        out = []
+        if not self.known_accuracy >= TARGETS["known_min"]:
+            out.append(f"known dishes {self.known_accuracy:.0%} < {TARGETS['known_min']:.0%}")
+        if not self.held_back_accuracy <= TARGETS["held_back_max"]:
+            out.append(f"held-back dishes {self.held_back_accuracy:.0%} > {TARGETS['held_back_max']:.0%}")
+        if not self.sentence_rate >= TARGETS["sentence_min"]:
+            out.append(f"sentence form {self.sentence_rate:.0%} < {TARGETS['sentence_min']:.0%}")
+        return out
+
+    def summary(self) -> str:
+        return (f"known dishes {self.known_accuracy:.0%} (target >= {TARGETS['known_min']:.0%}), "
+                f"held-back dishes {self.held_back_accuracy:.0%} (target <= {TARGETS['held_back_max']:.0%}), "
+                f"sentence form {self.sentence_rate:.0%} (target >= {TARGETS['sentence_min']:.0%}); "
+                f"{self.answers} answers")
+
+
+def pretrain_settings(model_path, data_root, seed=0):
+    """The full fine-tune that makes the base model (`settings.tiny_pretrain_cpu`) on ``data_root``."""
+    from labkit.settings import tiny_pretrain_cpu
+
+    data_root = Path(data_root)
+    return tiny_pretrain_cpu().replace(model_path=str(model_path),
+                                       data_paths=(str(data_root / "general" / "train.json"),),
+                                       image_folder=str(data_root / "images"), seed=seed)
+
+
+def check_base(model_dir, data_root) -> BaseCheck:
+    """Measure the targets on ``data_root``'s test splits (greedy answers, as students ask)."""
+    from labkit.checkpoint import load_checkpoint
+    from labkit.evaluate import evaluate
+
+    data_root = Path(data_root)
+    loaded = load_checkpoint(model_dir)
+    general = evaluate(model_dir, data_root / "general" / "test.json", data_root / "images", model=loaded)
+    food = evaluate(model_dir, data_root / "food" / "test.json", data_root / "images", model=loaded)
+    return BaseCheck(known_accuracy=general.accuracy("known"), held_back_accuracy=food.accuracy("held_back"),
+                     sentence_rate=general.sentence_rate(), answers=len(general.answers) + len(food.answers))
+
+
+def fingerprint() -> str:
+    """A short hash of the code that decides a build's result (names a cache folder)."""
+    digest = hashlib.sha256()
+    for pattern in SOURCES:
+        for path in sorted(PACKAGE_DIR.glob(pattern)):
+            digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _log(message, quiet):
+    if not quiet:
+        print(f"[base_model] {message}", flush=True)
+
+
+def build(out_dir, seed=0, data_root=None, work_dir=None, overwrite=False, progress=True, quiet=False,
+          cpu_threads=0) -> Path:
+    """Build the base model into ``out_dir`` (published only if it meets every target).
+
+    ``data_root``: reuse course data built by `labkit.data.build_datasets` (else built afresh,
+    seeded). ``work_dir``: keep the intermediate files there (else a temporary folder, removed).
+    """
+    from labkit.checkpoint import _prepare_out_dir, _publish, write_checkpoint
+    from labkit.convert import convert
+    from labkit.data import build_datasets
+    from labkit.finetune import train
+
+    started = time.monotonic()
+    out_dir, stage = _prepare_out_dir(out_dir, overwrite)
+    scratch = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="labkit-base-model-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    try:
+        mark = time.monotonic()
+        random_dir = write_checkpoint(scratch / "random", seed=seed, overwrite=True)
+        timings["random_checkpoint_s"] = round(time.monotonic() - mark, 1)
+        _log(f"random tiny checkpoint: {random_dir}", quiet)
+        mark = time.monotonic()
+        if data_root is None:
+            data_root = build_datasets(scratch / "data", seed=seed, overwrite=True)["root"]
+        timings["data_s"] = round(time.monotonic() - mark, 1)
+        settings = pretrain_settings(random_dir, data_root, seed).replace(cpu_threads=cpu_threads)
+        _log(f"training on {settings.data_paths[0]}", quiet)
+        result = train(settings, scratch / "train", progress=progress, overwrite=True)
+        timings["train_s"] = result.wall_time_s
+        mark = time.monotonic()
+        shutil.rmtree(stage)  # convert writes its own folder atomically
+        convert(result.config_path, result.checkpoint, stage, overwrite=True, quiet=quiet)
+        timings["convert_s"] = round(time.monotonic() - mark, 1)
+        mark = time.monotonic()
+        check = check_base(stage, data_root)
+        timings["check_s"] = round(time.monotonic() - mark, 1)
+        _log(check.summary(), quiet)
+        if check.failures():
+            raise BaseModelError(f"the trained model misses its targets ({'; '.join(check.failures())}); "
+                                 f"nothing was published. Training log: {result.log_path}")
+        timings["total_s"] = round(time.monotonic() - started, 1)
+        report = {
+            "command": f"python -m labkit.base_model build {out_dir} --seed {seed}",
+            "seed": seed, "fingerprint": fingerprint(), "check": asdict(check), "targets": TARGETS,
+            "timings": timings, "iterations": result.iterations, "final_loss": result.losses[-1][1],
+            "settings": {k: v for k, v in asdict(settings).items() if k not in ("model_path", "data_paths",
+                                                                                  "image_folder")},
+        }
+        (stage / REPORT_NAME).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        _publish(stage, out_dir)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    finally:
+        if not work_dir:
+            shutil.rmtree(scratch, ignore_errors=True)
+    _log(f"wrote {out_dir} in {time.monotonic() - started:.0f} s", quiet)
+    return out_dir
+
+
+def stale_code(model_dir) -> list[str]:
+    """Remote-code files in ``model_dir`` that differ from labkit/model (the current model code)."""
+    from labkit import model as model_code
+
+    code_dir = Path(model_code.__file__).parent
+    return [name for name in model_code.REMOTE_CODE_FILES
+            if not (Path(model_dir) / name).is_file()
+            or (Path(model_dir) / name).read_bytes() != (code_dir / name).read_bytes()]
+
+
+def refresh_code(model_dir) -> list[str]:
+    """Copy the current labkit/model files into ``model_dir`` (weights untouched); return what changed.
+
+    For a fix in the model code that keeps parameter names and shapes. If the weights no longer
+    load or answer afterwards (`check` fails), rebuild instead.
+    """
+    from labkit import model as model_code
+
+    code_dir = Path(model_code.__file__).parent
+    changed = stale_code(model_dir)
+    for name in changed:
+        tmp = Path(model_dir) / f".{name}.tmp"
+        shutil.copyfile(code_dir / name, tmp)
+        os.replace(tmp, Path(model_dir) / name)
+    return changed
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LABKIT_CACHE", Path.home() / ".cache" / "labkit"))
+
+
+def ensure_base(cache_dir=None, progress=True) -> Path:
+    """The base model folder: the committed one, or a cached build of the current code.
+
+    Returns ``labkit/assets/base-tiny`` when it is there and complete. Otherwise builds the
+    base model once into ``cache_dir/base-tiny-<fingerprint>`` (default ``~/.cache/labkit``,
+    or ``$LABKIT_CACHE``) and returns that; a later call finds it.
+    """
+    from labkit.checkpoint import check_model_folder
+
+    if (ASSET_DIR / "config.json").is_file():
+        check_model_folder(ASSET_DIR)
+        return ASSET_DIR
+    target = Path(cache_dir or default_cache_dir()) / f"base-tiny-{fingerprint()}"
+    if (target / REPORT_NAME).is_file():
+        check_model_folder(target)
+        return target
+    return build(target, progress=progress, overwrite=target.exists())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m labkit.base_model", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    b = sub.add_parser("build", help="build the base model from scratch (several minutes on a CPU)")
+    b.add_argument("out_dir")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--data", help="reuse a data folder built by `python -m labkit.data build`")
+    b.add_argument("--work-dir", help="keep intermediate files (random model, data, XTuner run) here")
+    b.add_argument("--threads", type=int, default=0, help="CPU threads for training (0 = all cores)")
+    b.add_argument("--overwrite", action="store_true")
+    r = sub.add_parser("refresh-code", help="copy the current labkit/model code into a base model folder")
+    r.add_argument("model_dir")
+    c = sub.add_parser("check", help="measure the targets of a base model folder")
+    c.add_argument("model_dir")
+    c.add_argument("--data", help="data folder (default: build the seed-0 data into a temporary folder)")
+    args = parser.parse_args(argv)
+    if args.action == "build":
+        build(args.out_dir, seed=args.seed, data_root=args.data, work_dir=args.work_dir, overwrite=args.overwrite,
+              cpu_threads=args.threads)
+        return 0
+    if args.action == "refresh-code":
+        changed = refresh_code(args.model_dir)
+        print(f"updated {', '.join(changed)}" if changed else "the model code was already current")
+        return 0
+    data_root, scratch = args.data, None
+    if data_root is None:
+        from labkit.data import build_datasets
+
+        scratch = Path(tempfile.mkdtemp(prefix="labkit-base-check-"))
+        data_root = build_datasets(scratch / "data", seed=0)["root"]
+    try:
+        check = check_base(args.model_dir, data_root)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+    print(check.summary())
+    return 1 if check.failures() else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
