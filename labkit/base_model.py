@@ -18,7 +18,7 @@ That takes several minutes on a 2-core laptop, so the result is committed under
 ``labkit/assets/base-tiny`` (bf16 safetensors, about 2 MB) together with ``base-model.json``
 (the figures, the seed, the settings). Rebuild it with::
 
-    python -m labkit.base_model build labkit/assets/base-tiny --overwrite [--seed 0]
+    python -m labkit.base_model build labkit/assets/base-tiny --overwrite [--seed 1]
     python -m labkit.base_model check labkit/assets/base-tiny     # re-measure the targets
     python -m labkit.base_model refresh-code labkit/assets/base-tiny   # after a model-code fix
 
@@ -42,6 +42,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 ASSET_DIR = PACKAGE_DIR / "assets" / "base-tiny"
 REPORT_NAME = "base-model.json"
 TARGETS = {"known_min": 0.80, "held_back_max": 0.10, "sentence_min": 0.95}
+# The committed base model's seed (random weights and data order). Seeds 0, 1 and 2 all meet the
+# targets; seed 1 gave the fine-tune the best start (docs/finetune.md has the figures).
+DEFAULT_SEED = 1
+DATA_SEED = 0  # the course data every notebook uses
 # The files whose contents decide what a build produces (the cache fingerprint).
 SOURCES = ("base_model.py", "settings.py", "finetune.py", "lean.py", "xtuner_launch.py", "checkpoint.py",
            "tokenizer.py", "dishes.py", "render.py", "data.py", "convert.py", "model/*.py")
@@ -115,12 +119,14 @@ def _log(message, quiet):
         print(f"[base_model] {message}", flush=True)
 
 
-def build(out_dir, seed=0, data_root=None, work_dir=None, overwrite=False, progress=True, quiet=False,
-          cpu_threads=0) -> Path:
+def build(out_dir, seed=DEFAULT_SEED, data_root=None, work_dir=None, overwrite=False, progress=True, quiet=False,
+          cpu_threads=0, data_seed=DATA_SEED) -> Path:
     """Build the base model into ``out_dir`` (published only if it meets every target).
 
-    ``data_root``: reuse course data built by `labkit.data.build_datasets` (else built afresh,
-    seeded). ``work_dir``: keep the intermediate files there (else a temporary folder, removed).
+    ``seed`` decides the random weights and the data order; the pictures are the course data
+    (``data_seed``), rendered afresh unless ``data_root`` names a folder built by
+    `labkit.data.build_datasets`. ``work_dir`` keeps the intermediate files (else a temporary
+    folder, removed at the end).
     """
     from labkit.checkpoint import _prepare_out_dir, _publish, write_checkpoint
     from labkit.convert import convert
@@ -139,7 +145,7 @@ def build(out_dir, seed=0, data_root=None, work_dir=None, overwrite=False, progr
         _log(f"random tiny checkpoint: {random_dir}", quiet)
         mark = time.monotonic()
         if data_root is None:
-            data_root = build_datasets(scratch / "data", seed=seed, overwrite=True)["root"]
+            data_root = build_datasets(scratch / "data", seed=data_seed, overwrite=True)["root"]
         timings["data_s"] = round(time.monotonic() - mark, 1)
         settings = pretrain_settings(random_dir, data_root, seed).replace(cpu_threads=cpu_threads)
         _log(f"training on {settings.data_paths[0]}", quiet)
@@ -159,7 +165,8 @@ def build(out_dir, seed=0, data_root=None, work_dir=None, overwrite=False, progr
         timings["total_s"] = round(time.monotonic() - started, 1)
         report = {
             "command": f"python -m labkit.base_model build {out_dir} --seed {seed}",
-            "seed": seed, "fingerprint": fingerprint(), "check": asdict(check), "targets": TARGETS,
+            "seed": seed, "data_seed": data_seed, "fingerprint": fingerprint(),
+            "check": asdict(check), "targets": TARGETS,
             "timings": timings, "iterations": result.iterations, "final_loss": result.losses[-1][1],
             "settings": {k: v for k, v in asdict(settings).items() if k not in ("model_path", "data_paths",
                                                                                   "image_folder")},
@@ -231,7 +238,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="action", required=True)
     b = sub.add_parser("build", help="build the base model from scratch (several minutes on a CPU)")
     b.add_argument("out_dir")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"weights and data order (default {DEFAULT_SEED})")
     b.add_argument("--data", help="reuse a data folder built by `python -m labkit.data build`")
     b.add_argument("--work-dir", help="keep intermediate files (random model, data, XTuner run) here")
     b.add_argument("--threads", type=int, default=0, help="CPU threads for training (0 = all cores)")
@@ -255,7 +262,7 @@ def main(argv=None) -> int:
         from labkit.data import build_datasets
 
         scratch = Path(tempfile.mkdtemp(prefix="labkit-base-check-"))
-        data_root = build_datasets(scratch / "data", seed=0)["root"]
+        data_root = build_datasets(scratch / "data", seed=DATA_SEED)["root"]
     try:
         check = check_base(args.model_dir, data_root)
     finally:
