@@ -33,11 +33,16 @@ def draw_loss(ax, losses, title="training loss"):
 
 def save_loss_curve(losses, path, title="training loss"):
     """Save the loss curve as a PNG (written to a temp file, then renamed); return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(6, 3.5), dpi=100)
     draw_loss(fig.add_subplot(), losses, title)
     fig.tight_layout()
+    return write_png(fig, path)
+
+
+def write_png(fig, path):
+    """Write a figure as a PNG atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
@@ -91,17 +96,8 @@ class LiveLoss:
 
 # -- figures for the notebooks --------------------------------------------------------------
 def _save(fig, path):
-    """Save a figure atomically (temp file, then rename) and show it when in a notebook."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Save a figure atomically and show it when in a notebook."""
+    path = write_png(fig, path)
     _show_in_notebook(path)
     return path
 
