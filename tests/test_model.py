@@ -184,6 +184,37 @@ def test_left_padded_batch_gives_the_logits_of_each_prompt_alone(parity_model):
             assert (together[row] - alone).abs().max() <= 1e-4
 
 
+def test_right_padded_training_batch_skips_the_mask_with_the_same_logits(parity_model):
+    """XTuner pads training batches on the right: plain causal attention (no explicit mask, so
+    SDPA may use FlashAttention) must give every real token the logits the explicit mask gives."""
+    import sys
+
+    model, tokenizer = parity_model
+    wide, small = image_tiles(model.config, 192, 64, seed=4), image_tiles(model.config, 64, 64, seed=5)
+    queries = [model.build_prompt("<image>\n图中的菜是什么？", None, [len(t)])[0] + "图中的菜是肠粉。"
+               for t in (wide, small)]
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    try:
+        batch = tokenizer(queries, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = side
+    real = batch["attention_mask"].bool()
+    assert not real.all()  # the second row is padded
+    module = sys.modules[type(model.language_model).__module__]
+    assert module.build_attention_mask(batch["attention_mask"], 2, real.shape[1], 0, "cpu") is None
+    left = batch["attention_mask"].flip(-1)
+    assert module.build_attention_mask(left, 2, real.shape[1], 0, "cpu") is not None  # left padding keeps it
+    logits = []
+    try:
+        for shortcut in (True, False):
+            module.CAUSAL_SHORTCUT = shortcut
+            with torch.no_grad():
+                logits.append(model(pixel_values=torch.cat([wide, small]), **batch).logits)
+    finally:
+        module.CAUSAL_SHORTCUT = True
+    assert (logits[0][real] - logits[1][real]).abs().max() <= 1e-5
+
+
 def test_training_forward_loss_and_gradient_checkpointing(parity_model):
     """Labels give the next-token loss; gradient checkpointing changes memory, not numbers."""
     model, tokenizer = parity_model

@@ -136,13 +136,16 @@ class InternLM2Attention(nn.Module):
         k = k.repeat_interleave(self.group, dim=1)
         v = v.repeat_interleave(self.group, dim=1)
         weights = None
+        if mask is None and (self.backend == "eager" or output_attentions):
+            mask = build_attention_mask(None, b, n, 0, q.device, shortcut=False)
         if self.backend == "eager" or output_attentions:
             scores = (q @ k.transpose(-1, -2)) / self.head_dim**0.5
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
             weights = F.softmax(scores.float(), dim=-1).to(q.dtype)
             out = weights @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            # no mask = plain causal: SDPA may then use its FlashAttention kernel
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         out = out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
         return self.wo(out), weights
 
@@ -178,12 +181,34 @@ class InternLM2DecoderLayer(nn.Module):
         return hidden_states, weights
 
 
-def build_attention_mask(attention_mask, batch, q_len, past_len, device):
+# Skip the explicit mask when plain causal attention gives the same answer at every real token
+# (a switch so benchmarks can measure what the shortcut is worth).
+CAUSAL_SHORTCUT = True
+
+
+def right_padded(attention_mask):
+    """True when every row of the 0/1 mask is ones then zeros (or there is no mask)."""
+    if attention_mask is None:
+        return True
+    keep = attention_mask.bool()
+    return bool((keep[:, 1:] <= keep[:, :-1]).all())
+
+
+def build_attention_mask(attention_mask, batch, q_len, past_len, device, shortcut=None):
     """Boolean mask (batch, 1, q_len, past_len + q_len): True where a query may look.
 
     Causal (a token sees itself and earlier tokens) and padding-aware. Each token always sees
     itself, so rows of left padding never become all-masked (which would give NaNs).
+
+    Returns None (meaning: plain causal) when there is no cache and any padding is on the right,
+    as in XTuner's training batches: real tokens come before the padding, so causal attention
+    already keeps them from seeing it, and the padding's own outputs carry no loss. Without an
+    explicit mask SDPA can run its FlashAttention kernel, which is much faster for long
+    sequences. ``shortcut=False`` always builds the mask.
     """
+    shortcut = CAUSAL_SHORTCUT if shortcut is None else shortcut
+    if shortcut and past_len == 0 and right_padded(attention_mask):
+        return None
     kv_len = past_len + q_len
     query_pos = torch.arange(past_len, kv_len, device=device)[:, None]
     key_pos = torch.arange(kv_len, device=device)[None, :]
