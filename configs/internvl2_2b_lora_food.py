@@ -30,6 +30,7 @@ lora_dropout = 0.05  # dropout on the LoRA input
 lora_target_modules = None  # None = every Linear of the LLM (XTuner's choice, output head included)
 lean_logits = False  # labkit.lean: logits and loss only where an answer token is supervised
 weights_dtype = "bfloat16"  # bfloat16 (how XTuner loads) | float32 (needs labkit.lean; steadier on CPU)
+gradient_checkpointing = True  # recompute activations in the backward pass: far less memory, about a third more compute
 
 # Data
 data_paths = ("runs/data/food/train.json",)  # annotation file(s): JSON list or JSONL

@@ -29,6 +29,7 @@ lora_dropout = 0.05  # dropout on the LoRA input
 lora_target_modules = None  # None = every Linear of the LLM (XTuner's choice, output head included)
 lean_logits = True  # labkit.lean: logits and loss only where an answer token is supervised
 weights_dtype = "float32"  # bfloat16 (how XTuner loads) | float32 (needs labkit.lean; steadier on CPU)
+gradient_checkpointing = True  # recompute activations in the backward pass: far less memory, about a third more compute
 
 # Data
 data_paths = ("runs/data/general/train.json",)  # annotation file(s): JSON list or JSONL
@@ -66,9 +67,10 @@ optim_type = AdamW
 #             PART 2  Model & Tokenizer & Image Processor             #
 #######################################################################
 model = dict(
-    type=LeanInternVL,  # XTuner's InternVL_V1_5, with the two labkit.lean options below
+    type=LeanInternVL,  # XTuner's InternVL_V1_5, with the labkit.lean options below
     lean_logits=lean_logits,
     weights_dtype=weights_dtype,
+    gradient_checkpointing=gradient_checkpointing,
     model_path=model_path,
     freeze_llm=freeze_llm,
     freeze_visual_encoder=freeze_visual_encoder,

@@ -23,9 +23,18 @@ still reached through the wrapped model (and XTuner's LoRA also wraps ``output``
 the wrapped head applies its adapter).
 
 Select it with ``Settings(lean_logits=True)``; the rendered config then names
-``labkit.lean.LeanInternVL``. Its second option, ``weights_dtype="float32"``, keeps every
-weight in float32: XTuner loads InternVL in bfloat16, whose 8-bit mantissa rounds small updates
-away, which matters when training without mixed precision on a CPU.
+``labkit.lean.LeanInternVL``. Its other options:
+
+* ``weights_dtype="float32"`` keeps every weight in float32: XTuner loads InternVL in bfloat16,
+  whose 8-bit mantissa rounds small updates away, which matters when training without mixed
+  precision on a CPU. With ``"bfloat16"`` the frozen weights stay bfloat16: for LoRA, XTuner's
+  preparation step (PEFT's ``prepare_model_for_kbit_training``) casts the whole language model
+  to float32, which doubles its memory and makes autocast convert every weight back at every
+  call; LeanInternVL undoes that cast for the weights that do not train. The values do not
+  change (bfloat16 -> float32 -> bfloat16 is exact).
+* ``gradient_checkpointing=False`` keeps every layer's activations instead of recomputing them
+  in the backward pass: about a third less compute per step, for much more memory (see
+  ``labkit.plan``). XTuner always turns checkpointing on.
 """
 from __future__ import annotations
 
@@ -47,14 +56,28 @@ class LeanInternVL(InternVL_V1_5):
         weights_dtype: "bfloat16" (as XTuner loads) or "float32" (cast after loading).
     """
 
-    def __init__(self, *args, lean_logits: bool = True, weights_dtype: str = "bfloat16", **kwargs):
+    def __init__(self, *args, lean_logits: bool = True, weights_dtype: str = "bfloat16",
+                 gradient_checkpointing: bool = True, **kwargs):
         if weights_dtype not in ("bfloat16", "float32"):
             raise ValueError(f"LeanInternVL: weights_dtype={weights_dtype!r}; use 'bfloat16' or 'float32'.")
         super().__init__(*args, **kwargs)
         self.lean_logits = lean_logits
         if weights_dtype == "float32":
             self.model.float()
+        else:
+            self.frozen_to_bfloat16()
+        if not gradient_checkpointing:
+            self.gradient_checkpointing_disable()
         self._reported = False
+
+    def frozen_to_bfloat16(self) -> int:
+        """Cast the float32 weights that do not train back to bfloat16; returns how many."""
+        cast = 0
+        for param in self.model.parameters():
+            if not param.requires_grad and param.dtype == torch.float32:
+                param.data = param.data.to(torch.bfloat16)
+                cast += 1
+        return cast
 
     # -- where the language model's parts live ---------------------------------------------
     def causal_lm(self):

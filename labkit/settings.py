@@ -67,6 +67,8 @@ class Settings:
         None, "None = every Linear of the LLM (XTuner's choice, output head included)")
     lean_logits: bool = _knob(False, "labkit.lean: logits and loss only where an answer token is supervised")
     weights_dtype: str = _knob("bfloat16", "bfloat16 (how XTuner loads) | float32 (needs labkit.lean; steadier on CPU)")
+    gradient_checkpointing: bool = _knob(
+        True, "recompute activations in the backward pass: far less memory, about a third more compute")
     # -- data -----------------------------------------------------------------------------
     data_paths: tuple[str, ...] = _knob(("runs/data/food/train.json",), "annotation file(s): JSON list or JSONL")
     image_folder: str = _knob("runs/data/images", "folder the annotations' image paths are relative to")
@@ -112,7 +114,7 @@ class Settings:
     @property
     def uses_lean_model(self) -> bool:
         """True when the config must name labkit.lean.LeanInternVL instead of XTuner's model."""
-        return self.lean_logits or self.weights_dtype != "bfloat16"
+        return self.lean_logits or self.weights_dtype != "bfloat16" or not self.gradient_checkpointing
 
     def iterations_per_epoch(self, num_samples: int) -> int:
         """How many iterations one epoch over ``num_samples`` takes, counted as XTuner counts.
@@ -335,7 +337,8 @@ PRESETS = {
 # -- rendering ----------------------------------------------------------------------------
 _PART1_GROUPS = (
     ("Model", ("model_path", "method", "freeze_llm", "freeze_visual_encoder", "lora_r", "lora_alpha",
-               "lora_dropout", "lora_target_modules", "lean_logits", "weights_dtype")),
+               "lora_dropout", "lora_target_modules", "lean_logits", "weights_dtype",
+               "gradient_checkpointing")),
     ("Data", ("data_paths", "image_folder", "template", "max_length")),
     ("Scheduler & Optimizer", ("batch_size", "accumulative_counts", "dataloader_num_workers", "max_epochs",
                                "lr", "betas", "weight_decay", "max_norm", "warmup_ratio")),
@@ -401,9 +404,10 @@ def _model_part(s: Settings) -> str:
     lines = ["model = dict("]
     if s.uses_lean_model:
         lines += [
-            "    type=LeanInternVL,  # XTuner's InternVL_V1_5, with the two labkit.lean options below",
+            "    type=LeanInternVL,  # XTuner's InternVL_V1_5, with the labkit.lean options below",
             "    lean_logits=lean_logits,",
             "    weights_dtype=weights_dtype,",
+            "    gradient_checkpointing=gradient_checkpointing,",
         ]
     else:
         lines.append("    type=InternVL_V1_5,")

@@ -128,3 +128,32 @@ def test_image_slots_cut_by_max_length_are_reported(parity_checkpoint, batch):  
            for k, v in batch.items()}
     with pytest.raises(ValueError, match="max_length"):
         lean(cut)
+
+
+def test_frozen_weights_stay_bfloat16_and_checkpointing_can_be_turned_off(parity_checkpoint, batch):  # noqa: F811
+    """PEFT's preparation casts the frozen LLM to float32; LeanInternVL casts it back (exactly),
+    keeps the adapters in float32, and gives the same loss with or without checkpointing."""
+    from peft import LoraConfig
+
+    from labkit.lean import LeanInternVL
+
+    def build(**options):
+        return LeanInternVL(str(parity_checkpoint), freeze_llm=True, freeze_visual_encoder=True,
+                            llm_lora=dict(type=LoraConfig, **LORA), **options)
+
+    lean = build()
+    frozen = {p.dtype for p in lean.model.parameters() if not p.requires_grad}
+    adapters = {p.dtype for n, p in lean.model.named_parameters() if "lora_" in n}
+    assert frozen == {torch.bfloat16} and adapters == {torch.float32}
+    assert lean.model.language_model.is_gradient_checkpointing
+
+    fast = build(gradient_checkpointing=False)
+    assert not fast.model.language_model.is_gradient_checkpointing
+    fast.load_state_dict(lean.state_dict(), strict=False)
+    losses = []
+    for model in (lean, fast):
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses.append(model(copy.copy(batch))["loss"])
+        losses[-1].backward()
+    assert torch.isfinite(losses[0]) and abs(losses[0].item() - losses[1].item()) < 1e-3
