@@ -4,11 +4,14 @@ Builds InternVL2-2B's real architecture with random bf16 weights (labkit's offic
 renders food pictures shaped like phone photos (4:3, so 12 tiles + a thumbnail = 13 tiles,
 3,328 image tokens per sample), and runs XTuner's own trainer through `labkit.finetune` with
 the course's LoRA recipe (r 128 on every LLM Linear, frozen ViT and LLM, mlp1 trained, bf16 AMP,
-gradient checkpointing) for a few iterations per batch size, with and without the memory-lean
-supervised-positions option. Prints step time, tokens/s, XTuner's logged peak memory, and the
-planner's prediction for the same setting.
+gradient checkpointing) for a few iterations per batch size, in up to three modes:
+    stock  XTuner's own InternVL_V1_5 model type, as the course ran it
+    lean   labkit.lean.LeanInternVL: logits only at supervised positions, frozen weights in bf16
+    fast   lean, without gradient checkpointing (more memory, no recompute)
+Prints step time, tokens/s, XTuner's logged peak memory (max allocated), and the planner's
+prediction for the same setting. `benchmarks/gpu_speed.py` breaks the step time down.
 
-    python benchmarks/gpu_train.py --batches 1 2 4 8 --iters 6 --out results.json
+    python benchmarks/gpu_train.py --batches 1 2 4 8 --iters 6 --modes lean fast --out results.json
     python benchmarks/gpu_train.py --tiny --batches 2 --iters 3        # the same path on a CPU
 """
 import argparse
@@ -27,41 +30,38 @@ from labkit.data import answer_sentence, make_record  # noqa: E402
 from labkit.dishes import DISHES  # noqa: E402
 from labkit.settings import course_gpu, tiny_lora_cpu  # noqa: E402
 
-LOG_FIGURES = re.compile(r"Iter\(train\)\s*\[\s*(\d+)/.*?\btime:\s*([0-9.]+).*?(?:memory:\s*(\d+))?\s+loss")
-
-
-def write_data(root, count, size):
-    """``count`` pictures of ``size`` and their annotation file (one question each)."""
-    images = root / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    records = []
-    for i in range(count):
-        dish = DISHES[i % len(DISHES)]
-        name = f"{dish.key}_{i:04d}.jpg"
-        render.save_jpeg(render.render_dish(dish, seed=1000 + i, size=size), images / name)
-        records.append(make_record(str(i), name, size, "图中的菜是什么？", answer_sentence(dish.name)))
-    path = root / "train.json"
-    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-    return path, images
+MODES = {"stock": dict(lean_logits=False), "lean": dict(lean_logits=True),
+         "fast": dict(lean_logits=True, gradient_checkpointing=False)}
+ITERATION = re.compile(r"Iter\(train\)\s*\[\s*(\d+)/")
+TIME = re.compile(r"(?<![_\w])time:\s*([0-9.]+)")
+MEMORY = re.compile(r"memory:\s*(\d+)")
+SMOOTHING_WINDOW = 10  # mmengine's LogProcessor logs `time` as the mean of the last 10 iterations
 
 
 def figures_from_log(log_path, skip=2):
-    times, memory = [], []
+    """(median seconds per iteration after ``skip`` warm-up iterations, peak MiB allocated as GiB).
+
+    mmengine logs the running mean of the iteration time; within its window the k-th iteration's
+    own time is k * mean_k - (k - 1) * mean_(k-1), so runs of up to 10 iterations are exact.
+    """
+    means, memory = {}, []
     for line in Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines():
-        match = LOG_FIGURES.search(line)
-        if match:
-            if int(match.group(1)) > skip:
-                times.append(float(match.group(2)))
-            if match.group(3):
-                memory.append(int(match.group(3)))
-    return (statistics.median(times) if times else float("nan")), (max(memory) / 1024 if memory else None)
+        iteration, time_ = ITERATION.search(line), TIME.search(line)
+        if iteration and time_:
+            means[int(iteration.group(1))] = float(time_.group(1))
+            found = MEMORY.search(line)
+            if found:
+                memory.append(int(found.group(1)))
+    own = [k * means[k] - (k - 1) * means[k - 1] for k in sorted(means)
+           if k - 1 in means and skip < k <= SMOOTHING_WINDOW]
+    return (statistics.median(own) if own else float("nan")), (max(memory) / 1024 if memory else None)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--iters", type=int, default=6)
-    parser.add_argument("--lean", choices=["off", "on", "both"], default="both")
+    parser.add_argument("--modes", nargs="+", choices=sorted(MODES), default=["stock", "lean", "fast"])
     parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (checks the path)")
     parser.add_argument("--size", type=int, nargs=2, default=[896, 672],
                         help="picture size; any 4:3 size gives the 4x3 grid + thumbnail")
@@ -85,29 +85,30 @@ def main(argv=None):
         torch.cuda.empty_cache()
         base, size, tiles = course_gpu().replace(amp="bfloat16"), tuple(args.size), 13
     data, images = write_data(work / "data", max(args.batches) * args.iters, size)
-    leans = {"off": [False], "on": [True], "both": [False, True]}[args.lean]
     rows = []
     for batch in args.batches:
-        for lean in leans:
+        for mode in args.modes:
+            knobs = MODES[mode]
+            lean, ckpt = knobs["lean_logits"], knobs.get("gradient_checkpointing", True)
             subset = work / f"data-b{batch}.json"
             records = json.loads(data.read_text(encoding="utf-8"))[: batch * args.iters]
             subset.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
             settings = base.replace(model_path=str(model_dir), data_paths=(str(subset),), image_folder=str(images),
                                     batch_size=batch, accumulative_counts=1, max_epochs=1, warmup_ratio=0.0,
-                                    save_steps=10**6, log_interval=1, lean_logits=lean, device=device)
+                                    save_steps=10**6, log_interval=1, device=device, **knobs)
             started = time.perf_counter()
             try:
-                result = finetune.train(settings, work / f"run-b{batch}-lean{int(lean)}", progress=False)
+                result = finetune.train(settings, work / f"run-b{batch}-{mode}", progress=False)
             except finetune.TrainingError as err:
-                rows.append({"batch": batch, "lean": lean, "error": str(err).splitlines()[0]})
+                rows.append({"batch": batch, "mode": mode, "error": str(err).splitlines()[0]})
                 print(rows[-1], flush=True)
                 continue
             step, peak = figures_from_log(result.log_path)
             tokens = batch * (tiles * (16 if args.tiny else 256) + 90)
             predicted = None if args.tiny else plan.estimate(
                 INTERNVL2_2B_CONFIG, method="lora", lora_rank=128, batch_size=batch, tiles=tiles,
-                lean_logits=lean).total
-            rows.append({"batch": batch, "lean": lean, "step_s": round(step, 3),
+                lean_logits=lean, gradient_checkpointing=ckpt).total
+            rows.append({"batch": batch, "mode": mode, "step_s": round(step, 3),
                          "tokens_per_s": round(tokens / step) if step == step else None,
                          "peak_allocated_gib": round(peak, 2) if peak else None,
                          "planned_gib": round(predicted, 2) if predicted else None,
