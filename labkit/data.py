@@ -56,6 +56,9 @@ DEFAULT_SIZES = {
     "general": {"train": 35, "val": 5, "test": 10},
     "food": {"train": 18, "val": 5, "test": 10},
 }
+# The held-back dishes are new to the base model, so the food train split holds this many times
+# more pictures of each of them than of a known dish (val and test stay equal per dish).
+HELD_BACK_TRAIN_FACTOR = 2
 MC_FRACTION = 0.3  # share of multiple-choice questions; the rest are open questions
 
 OPTION_LETTERS = "ABCD"
@@ -218,14 +221,24 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def pictures_per_dish(dish, subset: str, split: str, per_dish: int,
+                      held_back_factor: int = HELD_BACK_TRAIN_FACTOR) -> int:
+    """How many pictures of `dish` go into (subset, split): `per_dish`, times `held_back_factor`
+    for a held-back dish in food/train."""
+    if dish.held_back and subset == "food" and split == "train":
+        return per_dish * held_back_factor
+    return per_dish
+
+
 def _build_split(stage: Path, subset: str, split: str, per_dish: int, seed: int,
-                 mc_fraction: float) -> tuple[list[dict], dict]:
+                 mc_fraction: float, held_back_factor: int) -> tuple[list[dict], dict]:
     """Render the pictures of one (subset, split) and return its records and per-dish counts."""
     dishes = [d for d in DISHES if subset == "food" or not d.held_back]
     pool = [d.name for d in dishes]
     records, counts = [], {}
     for dish in dishes:
-        for index in range(per_dish):
+        count = pictures_per_dish(dish, subset, split, per_dish, held_back_factor)
+        for index in range(count):
             rel = f"{subset}/{split}/{dish.key}-{index:04d}.jpg"
             picture_seed = stable_seed("picture", seed, subset, split, index)
             image = render_dish(dish, picture_seed)
@@ -234,7 +247,7 @@ def _build_split(stage: Path, subset: str, split: str, per_dish: int, seed: int,
             question, answer = make_question(dish.name, pool, rng, mc_fraction)
             records.append(make_record(f"{subset}-{split}-{dish.key}-{index:04d}", rel,
                                        image.size, question, answer))
-        counts[dish.name] = per_dish
+        counts[dish.name] = count
     if split == "train":  # a fixed shuffle, so batches mix dishes even without a sampler
         order = np.random.default_rng(stable_seed("shuffle", seed, subset)).permutation(len(records))
         records = [records[k] for k in order]
@@ -243,12 +256,14 @@ def _build_split(stage: Path, subset: str, split: str, per_dish: int, seed: int,
 
 def build_datasets(out_root: str | os.PathLike, seed: int = 0, sizes: dict | None = None,
                    overwrite: bool = False, mc_fraction: float = MC_FRACTION,
-                   check: bool = True) -> dict:
+                   check: bool = True, held_back_factor: int = HELD_BACK_TRAIN_FACTOR) -> dict:
     """Render and write the `general` and `food` data sets; return where everything is.
 
     out_root: folder to create (must be new or empty unless `overwrite=True`).
     seed: every picture and question follows from it.
     sizes: pictures per dish, overriding DEFAULT_SIZES, e.g. {"food": {"train": 5}}.
+    held_back_factor: food/train holds this many times `sizes` of each held-back dish (1 = as
+        many as of a known dish). The first pictures are the same whatever the factor.
     check: validate every written annotation file before publishing the folder.
 
     Returns {"root", "image_folder", "manifest", "general": {split: path}, "food": {...}}.
@@ -257,6 +272,8 @@ def build_datasets(out_root: str | os.PathLike, seed: int = 0, sizes: dict | Non
     """
     out_root = Path(out_root).absolute()
     sizes = resolve_sizes(sizes)
+    if isinstance(held_back_factor, bool) or not isinstance(held_back_factor, int) or held_back_factor < 1:
+        raise ValueError(f"held_back_factor must be a whole number >= 1, not {held_back_factor!r}")
     _prepare_destination(out_root, overwrite)
     out_root.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -267,7 +284,7 @@ def build_datasets(out_root: str | os.PathLike, seed: int = 0, sizes: dict | Non
             counts[subset] = {}
             for split in SPLITS:
                 records, counts[subset][split] = _build_split(
-                    stage, subset, split, sizes[subset][split], seed, mc_fraction)
+                    stage, subset, split, sizes[subset][split], seed, mc_fraction, held_back_factor)
                 _write_json(stage / subset / f"{split}.json", records)
                 if check and records:  # a split asked to hold 0 pictures stays empty
                     validate(stage / subset / f"{split}.json", stage / IMAGE_FOLDER).raise_if_bad()
@@ -275,6 +292,7 @@ def build_datasets(out_root: str | os.PathLike, seed: int = 0, sizes: dict | Non
             "format": "xtuner-internvl",
             "seed": seed,
             "sizes_per_dish": sizes,
+            "held_back_train_factor": held_back_factor,
             "mc_fraction": mc_fraction,
             "image_folder": IMAGE_FOLDER,
             "dishes": [{"name": d.name, "key": d.key, "cuisine": d.cuisine,
@@ -317,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="replace an existing labkit data folder")
     build.add_argument("--sizes", type=json.loads, default=None,
                        help='pictures per dish as JSON, e.g. \'{"food": {"train": 30}}\'')
+    build.add_argument("--held-back-factor", type=int, default=HELD_BACK_TRAIN_FACTOR,
+                       help="food/train holds this many times more pictures of each held-back dish "
+                            f"(default {HELD_BACK_TRAIN_FACTOR})")
     sheet = commands.add_parser("sheet", help="save a contact sheet PNG of every dish")
     sheet.add_argument("png")
     args = parser.parse_args(argv)
@@ -326,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         result = build_datasets(args.out_root, seed=args.seed, sizes=args.sizes,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, held_back_factor=args.held_back_factor)
     except (FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

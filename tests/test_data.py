@@ -27,14 +27,40 @@ def _records(path):
 def test_layout_manifest_and_counts(built):
     manifest = json.loads(built["manifest"].read_text(encoding="utf-8"))
     assert manifest["seed"] == 3
-    n_known, n_all = len(dishes.known_names()), len(dishes.dish_names())
-    for subset, n_dishes in (("general", n_known), ("food", n_all)):
+    factor = manifest["held_back_train_factor"]
+    assert factor == data.HELD_BACK_TRAIN_FACTOR > 1
+    n_known, n_held = len(dishes.known_names()), len(dishes.held_back_names())
+    for subset in data.SUBSETS:
         for split in data.SPLITS:
+            per_dish = TINY[subset][split]
+            held = per_dish * factor if (subset, split) == ("food", "train") else per_dish
+            expected = {name: per_dish for name in dishes.known_names()}
+            if subset == "food":
+                expected.update({name: held for name in dishes.held_back_names()})
+            assert manifest["counts"][subset][split] == expected
             records = _records(built[subset][split])
-            assert len(records) == n_dishes * TINY[subset][split]
-            assert set(manifest["counts"][subset][split].values()) == {TINY[subset][split]}
+            assert len(records) == n_known * per_dish + (n_held * held if subset == "food" else 0)
             assert validate(built[subset][split], built["image_folder"]).ok
     assert manifest["pictures"] == sum(1 for _ in built["image_folder"].rglob("*.jpg"))
+
+
+def test_held_back_factor_only_adds_held_back_training_pictures(tmp_path):
+    sizes = {"general": {"train": 1, "val": 0, "test": 1}, "food": {"train": 2, "val": 0, "test": 1}}
+    one = data.build_datasets(tmp_path / "one", seed=2, sizes=sizes, held_back_factor=1)
+    three = data.build_datasets(tmp_path / "three", seed=2, sizes=sizes, held_back_factor=3)
+    for subset, split in (("general", "train"), ("general", "test"), ("food", "test")):
+        assert one[subset][split].read_bytes() == three[subset][split].read_bytes()
+    ids_one = {r["id"] for r in _records(one["food"]["train"])}
+    ids_three = {r["id"] for r in _records(three["food"]["train"])}
+    assert ids_one < ids_three
+    added = {i.split("-")[2] for i in ids_three - ids_one}
+    assert added == {dishes.get_dish(name).key for name in dishes.held_back_names()}
+    assert len(ids_three - ids_one) == 2 * 2 * len(dishes.held_back_names())
+    for picture in one["image_folder"].rglob("*.jpg"):  # the first pictures stay the same
+        twin = three["image_folder"] / picture.relative_to(one["image_folder"])
+        assert picture.read_bytes() == twin.read_bytes()
+    with pytest.raises(ValueError, match="held_back_factor"):
+        data.build_datasets(tmp_path / "zero", sizes=sizes, held_back_factor=0)
 
 
 def test_no_picture_is_shared_between_splits_or_subsets(built):

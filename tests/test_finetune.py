@@ -24,7 +24,8 @@ def data(tmp_path_factory):
     from labkit.data import build_datasets
 
     sizes = {"general": {"train": 0, "val": 0, "test": 0}, "food": {"train": 1, "val": 0, "test": 0}}
-    return build_datasets(tmp_path_factory.mktemp("ft-data") / "data", seed=0, sizes=sizes)
+    return build_datasets(tmp_path_factory.mktemp("ft-data") / "data", seed=0, sizes=sizes,
+                          held_back_factor=1)
 
 
 def tiny_settings(model, data, **overrides):
