@@ -313,6 +313,27 @@ def build_datasets(out_root: str | os.PathLike, seed: int = 0, sizes: dict | Non
             "manifest": out_root / "manifest.json", **paths}
 
 
+def is_current(out_root: str | os.PathLike, seed: int = 0, sizes: dict | None = None,
+               mc_fraction: float = MC_FRACTION,
+               held_back_factor: int = HELD_BACK_TRAIN_FACTOR) -> bool:
+    """True when `out_root` holds a finished build made with these arguments.
+
+    A folder built before a default changed (sizes, the held-back factor) is not current, so a
+    cache of the course data is rebuilt instead of silently training on the old pictures.
+    """
+    manifest_path = Path(out_root) / "manifest.json"
+    if not manifest_path.is_file():
+        return False
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (manifest.get("seed") == seed
+            and manifest.get("sizes_per_dish") == resolve_sizes(sizes)
+            and manifest.get("mc_fraction") == mc_fraction
+            and manifest.get("held_back_train_factor", 1) == held_back_factor)
+
+
 def _publish(stage: Path, out_root: Path) -> None:
     """Move the finished build into place; an old build is removed only after the swap."""
     if out_root.exists():

@@ -31,7 +31,7 @@ class Workspace:
         """The food data set (built into the cache on first use): paths by subset and split."""
         if self._data is None:
             root = self.data_root
-            if not (root / "manifest.json").is_file():
+            if not food_data.is_current(root):  # missing, or built with older defaults
                 food_data.build_datasets(root, overwrite=root.exists())
             self._data = {
                 "root": root,

@@ -133,6 +133,34 @@ def test_refuses_a_non_empty_folder_and_overwrites_only_its_own(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
 
 
+def test_is_current_knows_a_build_from_older_defaults(tmp_path):
+    sizes = {"general": {"train": 1, "val": 0, "test": 0}, "food": {"train": 1, "val": 0, "test": 0}}
+    assert not data.is_current(tmp_path / "missing")
+    root = data.build_datasets(tmp_path / "data", seed=4, sizes=sizes)["root"]
+    assert data.is_current(root, seed=4, sizes=sizes)
+    assert not data.is_current(root, seed=5, sizes=sizes)
+    assert not data.is_current(root, seed=4)  # default sizes
+    assert not data.is_current(root, seed=4, sizes=sizes, held_back_factor=1)
+    manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    del manifest["held_back_train_factor"]  # what a build before the factor existed wrote
+    (root / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert data.is_current(root, seed=4, sizes=sizes, held_back_factor=1)
+    assert not data.is_current(root, seed=4, sizes=sizes)
+
+
+def test_workspace_rebuilds_data_built_with_older_defaults(tmp_path, monkeypatch):
+    from labkit import workspace
+
+    sizes = {"general": {"train": 1, "val": 0, "test": 0}, "food": {"train": 1, "val": 0, "test": 0}}
+    cache = tmp_path / "cache"
+    data.build_datasets(cache / "data", seed=0, sizes=sizes, held_back_factor=1)
+    calls = []
+    monkeypatch.setattr(workspace.food_data, "build_datasets",
+                        lambda root, overwrite: calls.append((Path(root), overwrite)))
+    workspace.Workspace(tmp_path / "run", cache).data()
+    assert calls == [(cache / "data", True)]
+
+
 def test_bad_sizes_are_explained():
     with pytest.raises(ValueError, match="unknown subset"):
         data.resolve_sizes({"pretrain": {"train": 1}})
