@@ -291,8 +291,8 @@ def tiny_lora_cpu() -> Settings:
     Linear, frozen ViT and LLM, mlp1 trained), with a learning rate, epochs and batch sized so
     the held-back dishes are learned in a few minutes on 2 CPU cores.
 
-    The learning rate is 33x the course's: a tiny model trained on 234 pictures needs large steps
-    to learn three new dishes in 300 iterations (10 epochs of 30 batches of 8). Weights train in
+    The learning rate is 33x the course's: a tiny model trained on 288 pictures needs large steps
+    to learn three new dishes in 360 iterations (10 epochs of 36 batches of 8). Weights train in
     float32 (labkit.lean): bfloat16 has only 8 bits of mantissa, so small updates to bf16 weights
     round away. The base model comes from `labkit.base_model`.
     """
