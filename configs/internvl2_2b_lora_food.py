@@ -13,7 +13,7 @@ from xtuner.dataset.collate_fns import default_collate_fn
 from xtuner.dataset.samplers import LengthGroupedSampler
 from xtuner.engine.hooks import DatasetInfoHook
 from xtuner.engine.runner import TrainLoop
-from xtuner.model import InternVL_V1_5
+from labkit.lean import LeanInternVL
 from xtuner.utils import PROMPT_TEMPLATE
 
 #######################################################################
@@ -28,7 +28,7 @@ lora_r = 128  # LoRA rank: width of the low-rank update
 lora_alpha = 256  # LoRA scale: the update is multiplied by lora_alpha / lora_r
 lora_dropout = 0.05  # dropout on the LoRA input
 lora_target_modules = None  # None = every Linear of the LLM (XTuner's choice, output head included)
-lean_logits = False  # labkit.lean: logits and loss only where an answer token is supervised
+lean_logits = True  # labkit.lean: logits and loss only where an answer token is supervised
 weights_dtype = "bfloat16"  # bfloat16 (how XTuner loads) | float32 (needs labkit.lean; steadier on CPU)
 gradient_checkpointing = True  # recompute activations in the backward pass: far less memory, about a third more compute
 
@@ -68,7 +68,10 @@ optim_type = AdamW
 #             PART 2  Model & Tokenizer & Image Processor             #
 #######################################################################
 model = dict(
-    type=InternVL_V1_5,
+    type=LeanInternVL,  # XTuner's InternVL_V1_5, with the labkit.lean options below
+    lean_logits=lean_logits,
+    weights_dtype=weights_dtype,
+    gradient_checkpointing=gradient_checkpointing,
     model_path=model_path,
     freeze_llm=freeze_llm,
     freeze_visual_encoder=freeze_visual_encoder,
@@ -119,7 +122,9 @@ optim_wrapper = dict(
     dtype=amp,
     # bfloat16 has float32's range: no loss scaling (a GradScaler cannot unscale bf16 grads)
     loss_scale=dict(enabled=False),
-    optimizer=dict(type=optim_type, lr=lr, betas=betas, weight_decay=weight_decay),
+    optimizer=dict(type=optim_type, lr=lr, betas=betas, weight_decay=weight_decay,
+                   fused=True,  # the whole AdamW update in one CUDA kernel (same maths, one launch)
+    ),
     clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
     accumulative_counts=accumulative_counts,
 )

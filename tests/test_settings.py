@@ -120,7 +120,9 @@ def _load(settings, tmp_path, num_samples=None):
 
 def test_rendered_values_reach_xtuner_config(tmp_path):
     cfg = _load(S.course_gpu().replace(seed=7, lr=1e-4), tmp_path)
-    assert cfg.model.type.__name__ == "InternVL_V1_5"
+    assert cfg.model.type.__name__ == "LeanInternVL" and cfg.model.lean_logits is True
+    assert cfg.model.weights_dtype == "bfloat16" and cfg.model.gradient_checkpointing is True
+    assert cfg.optim_wrapper.optimizer.fused is True  # one kernel for the AdamW update on the GPU
     assert cfg.model.llm_lora.r == 128 and cfg.model.llm_lora.lora_alpha == 256
     assert cfg.model.llm_lora.target_modules is None
     assert cfg.optim_wrapper.type.__name__ == "AmpOptimWrapper" and cfg.optim_wrapper.dtype == "bfloat16"
@@ -138,6 +140,9 @@ def test_cpu_config_uses_gloo_optimwrapper_and_the_lean_model(tmp_path):
     assert cfg.model.type.__name__ == "LeanInternVL" and cfg.model.lean_logits is True
     stock = _load(S.tiny_lora_cpu().replace(lean_logits=False, weights_dtype="bfloat16"), tmp_path)
     assert stock.model.type.__name__ == "InternVL_V1_5" and "lean_logits" not in stock.model
+    assert "fused" not in cfg.optim_wrapper.optimizer  # the fused kernel is CUDA only
+    fast = _load(S.course_gpu().replace(gradient_checkpointing=False), tmp_path)
+    assert fast.model.gradient_checkpointing is False
 
 
 def test_full_method_has_no_lora(tmp_path):
