@@ -33,6 +33,21 @@ def anchor_rows(config) -> list[str]:
     return rows
 
 
+def kit_rows(config) -> list[str]:
+    rows = [
+        "| engine | batch | logits | checkpointing | measured GiB | predicted GiB | predicted / measured |",
+        "|---|---:|---|---|---:|---:|---:|",
+    ]
+    for engine, batch, lean, ckpt, measured in plan.KIT_MEASUREMENTS:
+        p = plan.estimate(config, engine=engine, batch_size=batch, lean_logits=lean,
+                          gradient_checkpointing=ckpt, **plan.KIT_SETTINGS)
+        rows.append(
+            f"| {engine} | {batch} | {'lean' if lean else 'full vocabulary'} | {'on' if ckpt else 'off'} | "
+            f"{measured:.1f} | {p.total:.1f} | {p.total / measured:.3f} |"
+        )
+    return rows
+
+
 def verdict_rows(config) -> list[str]:
     rows = ["| setting | verdict |", "|---|---|"]
     for batch in (4, 2):
@@ -79,6 +94,15 @@ def main(argv=None) -> int:
     print("Anchors (H200, LoRA r128 on every LLM Linear, bf16, gradient checkpointing, "
           "13 tiles = 3418 tokens):\n")
     print("\n".join(anchor_rows(args.config)))
+    kit = plan.KIT_CALIBRATION
+    kit_refit = plan.fit_calibration(args.config, plan.KIT_MEASUREMENTS)
+    print(f"\nThe kit's own training path (XTuner's runner, bf16 AMP, 13 tiles = 3376 tokens; "
+          f"XTuner's logged peaks from benchmarks/gpu_train.py on an H200). Calibration: "
+          f"{kit.logit_bytes_per_element} bytes per logit element, activation scale "
+          f"{kit.activation_scale} with and {kit.no_checkpoint_scale} without checkpointing "
+          f"(a refit now gives {kit_refit.logit_bytes_per_element:.2f}, "
+          f"{kit_refit.activation_scale:.3f} and {kit_refit.no_checkpoint_scale:.3f}):\n")
+    print("\n".join(kit_rows(args.config)))
     print(f"\nThe course's case ({COURSE_BUDGET} = 24 GiB, {plan.SAFETY_MARGIN:.0%} kept free):\n")
     print("\n".join(verdict_rows(args.config)))
     print("\nOther methods (predictions only, not measured):\n")

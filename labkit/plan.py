@@ -42,9 +42,21 @@ What sits in GPU memory during one training step
 
 Peak = weights + optimizer + activations + max(logits, gradients) + overhead.
 
+Whose code trains
+-----------------
+The same step costs different memory in different code (``engine``):
+
+* ``"labkit"`` (the default): labkit's model through XTuner with ``labkit.lean``'s model type,
+  bf16 autocast; frozen weights bf16, LoRA inputs bf16.
+* ``"xtuner"``: XTuner's own ``InternVL_V1_5``. PEFT's preparation step leaves the frozen LLM in
+  fp32 (2 more bytes per weight) and LoRA inputs are cast to fp32.
+* ``"transformers"``: transformers' InternVL + PEFT, pure bf16 (the anchors below).
+
 Calibration
 -----------
-The model above is first principles except three constants, gathered in ``CALIBRATION``:
+The model above is first principles except three constants, gathered in ``CALIBRATION``
+(transformers) and ``KIT_CALIBRATION`` (labkit and xtuner, which adds a fourth: the activation
+scale without gradient checkpointing, fitted to ``KIT_MEASUREMENTS``). For ``CALIBRATION``:
 the bytes one logit really costs (nominally 2 + 4 + 4 = 10; fitted 9.5), a scale on the
 activation count (the backward pass needs temporary gradient buffers and the caching allocator
 rounds blocks, so real activations exceed the tensors we list; fitted 1.53), and the CUDA
@@ -82,14 +94,36 @@ class Calibration:
     activation_scale: float  # fitted; real activation memory / tensors llm_layer_saved_bytes lists
     cuda_context_gib: float  # assumed, not fitted: CUDA context + cuBLAS workspace, per GPU
     fitted_on: str
+    # the same scale without gradient checkpointing, where every layer keeps what it saves
+    no_checkpoint_scale: float | None = None  # None = activation_scale (not measured)
+
+    def scale(self, gradient_checkpointing: bool) -> float:
+        if gradient_checkpointing or self.no_checkpoint_scale is None:
+            return self.activation_scale
+        return self.no_checkpoint_scale
 
 
+#: transformers' InternVL + PEFT (the issue's anchors): pure bf16 weights, fp32 LoRA adapters.
 CALIBRATION = Calibration(
     logit_bytes_per_element=9.5,
     activation_scale=1.53,
     cuda_context_gib=0.5,
     fitted_on="MEASURED_ANCHORS (H200, InternVL2-2B-sized, LoRA r128, 13 tiles), fit_calibration()",
 )
+
+#: labkit's model code trained by XTuner's runner with bf16 AMP ("labkit": labkit.lean's model
+#: type; "xtuner": XTuner's own InternVL_V1_5). One set of constants serves both engines: they
+#: differ in tensors the planner counts itself (float32 frozen LLM, float32 LoRA inputs).
+KIT_CALIBRATION = Calibration(
+    logit_bytes_per_element=11.82,
+    activation_scale=0.978,
+    no_checkpoint_scale=0.828,
+    cuda_context_gib=0.5,
+    fitted_on="KIT_MEASUREMENTS (H200, benchmarks/gpu_train.py), fit_calibration(..., KIT_MEASUREMENTS)",
+)
+
+CALIBRATIONS = {"transformers": CALIBRATION, "labkit": KIT_CALIBRATION, "xtuner": KIT_CALIBRATION}
+ENGINES = tuple(CALIBRATIONS)
 
 SAFETY_MARGIN = 0.10  # fits() keeps 10 % of the budget free for fragmentation and other processes
 
@@ -106,6 +140,7 @@ MEASURED_ANCHORS = (
     (8, True, 20.5),
 )
 ANCHOR_SETTINGS = dict(
+    engine="transformers",
     method="lora",
     lora_rank=128,
     lora_targets="all",
@@ -114,6 +149,27 @@ ANCHOR_SETTINGS = dict(
     gradient_checkpointing=True,
     freeze_vision=True,
 )
+
+#: Peaks XTuner logged (its ``memory``: torch.cuda.max_memory_allocated) on an H200 for
+#: InternVL2-2B's architecture trained by ``benchmarks/gpu_train.py``: the course's LoRA (r 128,
+#: every LLM Linear), bf16 AMP, 13 tiles (3,376 tokens) per sample.
+#: Each entry: (engine, batch_size, lean_logits, gradient_checkpointing, measured GiB).
+KIT_MEASUREMENTS = (
+    ("xtuner", 1, False, True, 13.98),
+    ("xtuner", 2, False, True, 18.59),
+    ("xtuner", 4, False, True, 27.27),
+    ("xtuner", 8, False, True, 44.67),
+    ("labkit", 1, True, True, 7.0),
+    ("labkit", 2, True, True, 7.85),
+    ("labkit", 4, True, True, 9.89),
+    ("labkit", 8, True, True, 13.93),
+    ("labkit", 1, True, False, 16.35),
+    ("labkit", 2, True, False, 26.71),
+    ("labkit", 4, True, False, 47.41),
+    ("labkit", 8, True, False, 88.59),
+)
+KIT_SETTINGS = dict(method="lora", lora_rank=128, lora_targets="all", tiles=13, text_tokens=48,
+                    freeze_vision=True)
 
 # =====================================================================================
 # Reading the checkpoint's config.json
@@ -304,6 +360,11 @@ class PlanSettings:
     freeze_vision: bool = True
     train_projector: bool = True  # XTuner always trains mlp1
     lean_logits: bool = False  # logits + loss only at supervised positions
+    # whose training code runs: "labkit" (labkit.lean's model type through XTuner: frozen weights
+    # bf16, LoRA inputs bf16 under autocast), "xtuner" (XTuner's own InternVL_V1_5: PEFT leaves
+    # the frozen LLM in fp32 and casts LoRA inputs to fp32) or "transformers" (transformers'
+    # InternVL + PEFT, the issue's anchors)
+    engine: str = "labkit"
 
     def targets(self) -> tuple[str, ...]:
         if self.lora_targets == "all":
@@ -361,6 +422,8 @@ def make_settings(shape: ModelShape, **settings) -> PlanSettings:
                 f"unknown lora target {bad[0] if bad else targets!r}: use 'all' or a subset of "
                 f"{', '.join(LLM_LINEARS)} (the Linears of an InternLM2 layer)."
             )
+    if s.engine not in ENGINES:
+        raise ValueError(f"unknown engine {s.engine!r}: use one of {', '.join(ENGINES)}.")
     if str(s.dtype).lower() not in ("bf16", "bfloat16", "fp16", "float16"):
         raise ValueError(f"dtype {s.dtype!r} is not planned for: train in 'bf16' (or 'fp16').")
     for name in ("lora_dropout", "gradient_checkpointing", "freeze_vision", "train_projector",
@@ -383,9 +446,11 @@ def llm_layer_saved_bytes(shape: ModelShape, s: PlanSettings) -> dict[str, float
     """
     h, i = shape.llm_hidden, shape.llm_intermediate
     kv = shape.llm_kv_heads * shape.head_dim
+    autocast = s.engine == "labkit"  # bf16 autocast with LoRA inputs left in bf16 (labkit.lean)
     saved = {
         # RMSNorm upcasts to fp32: keeps the fp32 input, the fp32 normalised value, bf16 output
-        "2 RMSNorms": 2 * (FP32 * h + FP32 * h + BF16 * h),
+        # (under autocast the fp32 normalised value is not kept: measured, tests/test_plan.py)
+        "2 RMSNorms": 2 * (FP32 * h + (0 if autocast else FP32 * h) + BF16 * h),
         # fused q,k,v output; rotated q and k; attention output; its contiguous copy for wo
         "attention": BF16 * (h + 2 * kv) + BF16 * (h + kv) + BF16 * h + BF16 * h,
         # gate and up outputs, silu(gate), silu(gate)*up (the input of w2)
@@ -393,11 +458,14 @@ def llm_layer_saved_bytes(shape: ModelShape, s: PlanSettings) -> dict[str, float
     }
     if s.method != "full":
         linears = shape.llm_linear_shapes()
-        # PEFT keeps adapters in fp32: each adapter saves an fp32 copy of its input (after
-        # dropout, plus the 1-byte dropout mask) and its rank-r fp32 intermediate.
-        per_input = FP32 + (1 if s.lora_dropout else 0)
+        # PEFT keeps adapters in fp32: each adapter saves a copy of its input (after dropout,
+        # plus the 1-byte dropout mask) and its rank-r fp32 intermediate. PEFT casts the input
+        # to fp32; labkit.lean skips that cast under autocast, so there the copy is bf16.
+        # (and autocast runs the rank-r product in bf16 too).
+        per_input = (BF16 if autocast else FP32) + (1 if s.lora_dropout else 0)
+        per_rank = BF16 if autocast else FP32
         saved["LoRA adapter inputs"] = sum(
-            per_input * linears[t][0] + FP32 * s.lora_rank for t in s.targets()
+            per_input * linears[t][0] + per_rank * s.lora_rank for t in s.targets()
         )
     return saved
 
@@ -518,7 +586,7 @@ class Plan:
             f"{s.method} | batch {s.batch_size} x {self.sequence_length} tokens "
             f"({s.tiles} tiles) | checkpointing {'on' if s.gradient_checkpointing else 'off'} | "
             f"ZeRO-{s.zero_stage} on {s.num_gpus} GPU(s) | "
-            f"{'lean' if s.lean_logits else 'full-vocabulary'} logits"
+            f"{'lean' if s.lean_logits else 'full-vocabulary'} logits | {s.engine}"
         )
         lines = [head, f"{'part':<26}{'GiB':>8}"]
         lines += [f"{name:<26}{gib:>8.2f}" for name, gib in self.rows()]
@@ -540,8 +608,14 @@ def _parameter_memory(shape: ModelShape, s: PlanSettings) -> dict[str, float]:
     """Bytes per GPU of weights, optimizer-owned tensors and gradients (parts 1, 2 and 4)."""
     n = count_parameters(shape)
     linear_bytes = NF4_BYTES_PER_PARAM if s.method == "qlora" else BF16
-    rest = n["vision"] + n["projector"] + n["llm_other"] + n["embeddings"] + n["head"]
-    weights = n["llm_linears"] * linear_bytes + rest * BF16
+    llm_rest = n["llm_other"] + n["embeddings"] + n["head"]
+    if s.engine == "xtuner" and s.method != "full":
+        # XTuner prepares the LLM for (Q)LoRA with PEFT's prepare_model_for_kbit_training,
+        # which casts every bf16 weight it finds there to fp32
+        linear_bytes = FP32 if s.method == "lora" else linear_bytes
+        weights = n["llm_linears"] * linear_bytes + llm_rest * FP32 + (n["vision"] + n["projector"]) * BF16
+    else:
+        weights = n["llm_linears"] * linear_bytes + (n["vision"] + n["projector"] + llm_rest) * BF16
 
     # modules trained outright beside the adapters: mlp1, and the vision tower if unfrozen
     extra = (n["projector"] if s.train_projector else 0) + (0 if s.freeze_vision else n["vision"])
@@ -599,16 +673,16 @@ def estimate(config, calibration: Calibration | None = None, **settings) -> Plan
 
     ``config`` is a config dict, a ``config.json`` path or a checkpoint folder; ``settings`` are
     the keyword fields of ``PlanSettings`` (method, batch_size, tiles, lean_logits, ...).
-    ``calibration`` replaces ``CALIBRATION`` (for refitting).
+    ``calibration`` replaces the engine's entry of ``CALIBRATIONS`` (for refitting).
     """
-    cal = calibration or CALIBRATION
     shape = read_model_shape(config)
     s = make_settings(shape, **settings)
+    cal = calibration or CALIBRATIONS[s.engine]
     mem = _parameter_memory(shape, s)
     return Plan(
         weights=mem["weights"] / GIB,
         optimizer=mem["optimizer"] / GIB,
-        activations=activation_bytes(shape, s) * cal.activation_scale / GIB,
+        activations=activation_bytes(shape, s) * cal.scale(s.gradient_checkpointing) / GIB,
         logits=logit_elements(shape, s) * cal.logit_bytes_per_element / GIB,
         gradients=mem["gradients"] / GIB,
         vision_forward=frozen_vision_forward_bytes(shape, s) / GIB,
@@ -626,28 +700,39 @@ def estimate(config, calibration: Calibration | None = None, **settings) -> Plan
 # =====================================================================================
 
 
-def fit_calibration(config, anchors=MEASURED_ANCHORS, settings=None) -> Calibration:
-    """Fit ``logit_bytes_per_element`` and ``activation_scale`` to measured peaks.
+def fit_calibration(config, anchors=MEASURED_ANCHORS, settings=None, base=None) -> Calibration:
+    """Fit the planner's constants to measured peaks.
 
-    ``anchors`` holds (batch_size, lean_logits, measured GiB). The measurements are taken to
-    be PyTorch allocator peaks (``torch.cuda.max_memory_allocated``), which leave out the CUDA
-    context, so the fit compares them with the plan minus ``cuda_context_gib``. It minimises
-    the squared relative error; which moment is the peak (loss or end of backward) depends on
-    the constants, so the fit repeats until that choice stops changing.
+    ``anchors`` holds either (batch_size, lean_logits, measured GiB) rows, planned with
+    ``settings`` (default ``ANCHOR_SETTINGS``), or (engine, batch_size, lean_logits,
+    gradient_checkpointing, measured GiB) rows like ``KIT_MEASUREMENTS`` (planned with
+    ``KIT_SETTINGS`` unless ``settings`` is given). The measurements are taken to be PyTorch
+    allocator peaks (``torch.cuda.max_memory_allocated``), which leave out the CUDA context, so
+    the fit compares them with the plan minus ``cuda_context_gib``.
+
+    Rows with gradient checkpointing fit ``activation_scale`` and ``logit_bytes_per_element``
+    (least squares of the relative error; which moment is the peak - loss or end of backward -
+    depends on the constants, so the fit repeats until that choice stops changing). Rows
+    without it then fit ``no_checkpoint_scale`` with the logit cost held.
     """
-    settings = dict(ANCHOR_SETTINGS if settings is None else settings)
-    unit = replace(CALIBRATION, logit_bytes_per_element=1.0, activation_scale=1.0)
-    rows = []
-    for batch, lean, measured in anchors:
-        p = estimate(config, calibration=unit, batch_size=batch, lean_logits=lean, **settings)
+    base = base or (CALIBRATION if anchors is MEASURED_ANCHORS else KIT_CALIBRATION)
+    rows = [a if len(a) == 5 else ("transformers", a[0], a[1], True, a[2]) for a in anchors]
+    if settings is None:
+        settings = ANCHOR_SETTINGS if all(len(a) == 3 for a in anchors) else KIT_SETTINGS
+    settings = {k: v for k, v in settings.items() if k not in ("engine", "gradient_checkpointing")}
+    unit = replace(base, logit_bytes_per_element=1.0, activation_scale=1.0, no_checkpoint_scale=1.0)
+    parts = {True: [], False: []}
+    for engine, batch, lean, ckpt, measured in rows:
+        p = estimate(config, calibration=unit, engine=engine, batch_size=batch, lean_logits=lean,
+                     gradient_checkpointing=ckpt, **settings)
         static = p.weights + p.optimizer + p.overhead - unit.cuda_context_gib
-        rows.append((measured, static, p.activations, p.logits, p.gradients))
+        parts[ckpt].append((measured, static, p.activations, p.logits, p.gradients))
 
-    a, b = CALIBRATION.activation_scale, CALIBRATION.logit_bytes_per_element
+    a, b = base.activation_scale, base.logit_bytes_per_element
     for _ in range(10):
         # least squares of (target - a*act - b*logit) / measured, a 2x2 normal equation
         saa = sab = sbb = sa = sb = 0.0
-        for measured, static, act, logit, grads in rows:
+        for measured, static, act, logit, grads in parts[True]:
             use_logits = b * logit >= grads
             target = measured - static - (0.0 if use_logits else grads)
             x, y, w = act, (logit if use_logits else 0.0), 1.0 / measured**2
@@ -658,7 +743,16 @@ def fit_calibration(config, anchors=MEASURED_ANCHORS, settings=None) -> Calibrat
         if abs(new_a - a) < 1e-9 and abs(new_b - b) < 1e-9:
             break
         a, b = new_a, new_b
-    return replace(CALIBRATION, activation_scale=a, logit_bytes_per_element=b)
+
+    c = base.no_checkpoint_scale
+    if parts[False]:
+        sxx = sxt = 0.0
+        for measured, static, act, logit, grads in parts[False]:
+            target = measured - static - max(b * logit, grads)
+            w = 1.0 / measured**2
+            sxx, sxt = sxx + w * act * act, sxt + w * act * target
+        c = sxt / sxx
+    return replace(base, activation_scale=a, logit_bytes_per_element=b, no_checkpoint_scale=c)
 
 
 # =====================================================================================

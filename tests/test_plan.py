@@ -1,5 +1,6 @@
 """The memory planner: its anchors, its verdicts, its budgets and its counts against real modules."""
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -84,6 +85,41 @@ def test_real_config_file_gives_the_same_plan_as_section_2():
         assert anchor_plan(folder_or_file, 4, False).total == anchor_plan(SECTION_2, 4, False).total
 
 
+# ---------------------------------------------------------------- the kit's own measurements
+
+
+@pytest.mark.parametrize("engine,batch,lean,ckpt,measured", plan.KIT_MEASUREMENTS)
+def test_kit_measurements_within_15_percent(engine, batch, lean, ckpt, measured):
+    """XTuner's logged peaks on an H200 (benchmarks/gpu_train.py): both of the kit's engines,
+    lean logits on and off, with and without gradient checkpointing."""
+    predicted = plan.estimate(SECTION_2, engine=engine, batch_size=batch, lean_logits=lean,
+                              gradient_checkpointing=ckpt, **plan.KIT_SETTINGS).total
+    assert abs(predicted / measured - 1) <= 0.15, (engine, batch, lean, ckpt, predicted, measured)
+
+
+def test_refitting_reproduces_the_kit_calibration():
+    fitted = plan.fit_calibration(SECTION_2, plan.KIT_MEASUREMENTS)
+    cal = plan.KIT_CALIBRATION
+    assert fitted.logit_bytes_per_element == pytest.approx(cal.logit_bytes_per_element, abs=0.1)
+    assert fitted.activation_scale == pytest.approx(cal.activation_scale, abs=0.02)
+    assert fitted.no_checkpoint_scale == pytest.approx(cal.no_checkpoint_scale, abs=0.02)
+
+
+def test_engines_differ_where_their_code_differs():
+    settings = dict(batch_size=4, tiles=13)
+    labkit = plan.estimate(SECTION_2, engine="labkit", **settings)
+    xtuner = plan.estimate(SECTION_2, engine="xtuner", **settings)
+    llm = plan.count_parameters(plan.read_model_shape(SECTION_2))
+    llm_params = llm["llm_linears"] + llm["llm_other"] + llm["embeddings"] + llm["head"]
+    # PEFT's preparation leaves XTuner's frozen LLM in fp32: 2 more bytes per LLM weight
+    assert xtuner.weights - labkit.weights == pytest.approx(llm_params * 2 / plan.GIB)
+    assert xtuner.activations > labkit.activations  # fp32 LoRA inputs
+    without = plan.estimate(SECTION_2, engine="labkit", gradient_checkpointing=False, **settings)
+    assert without.activations > 3 * labkit.activations
+    with pytest.raises(ValueError, match="unknown engine 'deepspeed'"):
+        plan.estimate(SECTION_2, engine="deepspeed")
+
+
 # ---------------------------------------------------------------- the course's case
 
 
@@ -92,6 +128,16 @@ def test_course_case_batch_4_does_not_fit_batch_2_fits():
     verdict2 = plan.fits(anchor_plan(SECTION_2, 2, False), COURSE_BUDGET)
     assert not verdict4 and str(verdict4).startswith("does not fit")
     assert verdict2 and str(verdict2).startswith("fits")
+
+
+@pytest.mark.parametrize("engine", plan.ENGINES)
+def test_course_case_holds_for_every_engine_and_lean_logits_make_batch_4_fit(engine):
+    def course(batch, lean=False):
+        return plan.estimate(SECTION_2, engine=engine, batch_size=batch, tiles=13, lean_logits=lean)
+
+    assert not plan.fits(course(4), COURSE_BUDGET)
+    assert plan.fits(course(2), COURSE_BUDGET)
+    assert plan.fits(course(4, lean=True), COURSE_BUDGET)
 
 
 def test_margin_decides_borderline_cases():
@@ -288,8 +334,10 @@ def test_lora_count_matches_peft():
     assert trainable == plan.lora_parameters(plan.read_model_shape(config), 16, plan.LLM_LINEARS)
 
 
-def test_layer_activation_list_matches_tensors_saved_by_a_real_layer():
-    """Sum the tensors autograd really saves in one InternLM2 layer with fp32 LoRA adapters."""
+@pytest.mark.parametrize("engine", ["transformers", "labkit"])
+def test_layer_activation_list_matches_tensors_saved_by_a_real_layer(engine):
+    """Sum the tensors autograd really saves in one InternLM2 layer with fp32 LoRA adapters:
+    as PEFT runs it (inputs cast to fp32), and as labkit.lean runs it (bf16 autocast, no cast)."""
     peft = pytest.importorskip("peft")
     from labkit.model.configuration_internlm2 import InternLM2Config
     from labkit.model.modeling_internlm2 import InternLM2DecoderLayer
@@ -327,12 +375,19 @@ def test_layer_activation_list_matches_tensors_saved_by_a_real_layer():
             saved[storage.data_ptr()] = storage.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    autocast = contextlib.nullcontext()
+    if engine == "labkit":
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+        for layer in module.modules():
+            if hasattr(layer, "cast_input_dtype_enabled"):
+                layer.cast_input_dtype_enabled = False
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
         module(x, cos, sin, mask)
     measured = sum(saved.values()) / tokens
 
     shape = plan.read_model_shape(config)
-    listed = sum(plan.llm_layer_saved_bytes(shape, plan.make_settings(shape, lora_rank=16)).values())
+    settings = plan.make_settings(shape, lora_rank=16, engine=engine)
+    listed = sum(plan.llm_layer_saved_bytes(shape, settings).values())
     assert measured == pytest.approx(listed, rel=0.10)
 
 
