@@ -14,6 +14,9 @@ Variants, each adding one change to the one before (the ablation):
     +lean       logits and loss only at supervised positions (labkit.lean)
     +flash      no explicit mask for right-padded batches: plain causal SDPA -> FlashAttention
     +bf16       frozen weights back to bfloat16 (LeanInternVL's default)
+    +no-cast    LoRA inputs stay bfloat16 under autocast (PEFT casts them to float32 and autocast
+                casts them straight back; LeanInternVL skips that)
+    +fused      AdamW's fused CUDA kernel (the rendered GPU configs ask for it)
     +no-ckpt    no gradient checkpointing (the recompute pass goes; memory goes up)
 and, for information only (it changes the recipe, so the kit does not do it):
     +no-dropout LoRA dropout removed
@@ -47,17 +50,22 @@ from labkit.xtuner_launch import free_port  # noqa: E402
 
 ANCHOR_TOKENS_PER_S = 9600  # transformers' InternVL + PEFT, same LoRA, batch 4, H200 (the issue's figure)
 
-# name, lean logits, flash shortcut, frozen weights bf16, gradient checkpointing, LoRA dropout
+# name: lean logits, flash shortcut, frozen weights bf16, LoRA input cast skipped, fused AdamW,
+# gradient checkpointing, LoRA dropout
 VARIANTS = [
-    ("stock", False, False, False, True, True),
-    ("+lean", True, False, False, True, True),
-    ("+flash", True, True, False, True, True),
-    ("+bf16", True, True, True, True, True),
-    ("+no-ckpt", True, True, True, False, True),
-    ("+no-dropout (info)", True, True, True, False, False),
+    ("stock", dict(lean=False, flash=False, bf16=False, no_cast=False, fused=False, ckpt=True, dropout=True)),
+    ("+lean", dict(lean=True, flash=False, bf16=False, no_cast=False, fused=False, ckpt=True, dropout=True)),
+    ("+flash", dict(lean=True, flash=True, bf16=False, no_cast=False, fused=False, ckpt=True, dropout=True)),
+    ("+bf16", dict(lean=True, flash=True, bf16=True, no_cast=False, fused=False, ckpt=True, dropout=True)),
+    ("+no-cast", dict(lean=True, flash=True, bf16=True, no_cast=True, fused=False, ckpt=True, dropout=True)),
+    ("+fused", dict(lean=True, flash=True, bf16=True, no_cast=True, fused=True, ckpt=True, dropout=True)),
+    ("+no-ckpt", dict(lean=True, flash=True, bf16=True, no_cast=True, fused=True, ckpt=False, dropout=True)),
+    ("+no-dropout (info)", dict(lean=True, flash=True, bf16=True, no_cast=True, fused=True, ckpt=False,
+                                dropout=False)),
 ]
+KIT = dict(flash=True, bf16=True, no_cast=True, fused=True, dropout=True)
 # the kit's configurations for the sweep: name, lean, gradient checkpointing
-SWEEP = [("xtuner+flash+bf16", False, True), ("lean", True, True), ("lean+no-ckpt", True, False)]
+SWEEP = [("full-logits", False, True), ("lean", True, True), ("lean+no-ckpt", True, False)]
 
 
 class Bench:
@@ -81,8 +89,13 @@ class Bench:
                          if name.endswith("lora_dropout.default")}
 
     # -- switches -------------------------------------------------------------------------
-    def configure(self, lean, flash, bf16, ckpt, dropout):
+    def configure(self, lean, flash, bf16, no_cast, fused, ckpt, dropout):
         torch = self.torch
+        self.fused = fused and self.device == "cuda"
+        self.model.match_lora_input_dtype = lambda: None  # the benchmark decides, not autocast
+        for module in self.model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = not no_cast
         self.model.lean_logits = lean
         self.lm_module.CAUSAL_SHORTCUT = flash
         want = torch.bfloat16 if bf16 else torch.float32
@@ -134,7 +147,8 @@ class Bench:
         """Median step time (s) and peak memory (GiB allocated, reserved) over ``count`` steps."""
         torch = self.torch
         self.reset()
-        optimizer = torch.optim.AdamW(self.trainable, lr=3e-5, betas=(0.9, 0.999), weight_decay=0.05)
+        optimizer = torch.optim.AdamW(self.trainable, lr=3e-5, betas=(0.9, 0.999), weight_decay=0.05,
+                                      fused=self.fused or None)
         data = self.data(size)
         times = []
         if self.device == "cuda":
@@ -238,10 +252,10 @@ def main(argv=None):
               "tokens_per_sample": bench.tokens(1), "batch": args.batch, "ablation": [], "sweep": []}
     tokens = bench.tokens(args.batch)
     reference = None
-    for name, lean, flash, bf16, ckpt, dropout in VARIANTS:
-        bench.configure(lean, flash, bf16, ckpt, dropout)
+    for name, knobs in VARIANTS:
+        bench.configure(**knobs)
         loss, norm = bench.loss_and_grad(args.batch)
-        bench.configure(lean, flash, bf16, ckpt, dropout)
+        bench.configure(**knobs)
         step, (allocated, reserved) = bench.steps(args.batch, args.steps)
         reference = reference or (loss, norm, step)
         row = {"variant": name, "step_s": round(step, 4), "tokens_per_s": round(tokens / step),
@@ -255,7 +269,7 @@ def main(argv=None):
         print(row, flush=True)
 
     for name, lean, ckpt in SWEEP:
-        bench.configure(lean, True, True, ckpt, True)
+        bench.configure(lean=lean, ckpt=ckpt, **KIT)
         for size_ in args.sweep:
             try:
                 step, (allocated, reserved) = bench.steps(size_, args.steps)
@@ -277,8 +291,8 @@ def main(argv=None):
                 torch.cuda.empty_cache()
 
     if not args.no_profile:
-        for name, lean, flash, bf16, ckpt, dropout in (VARIANTS[0], VARIANTS[-2]):
-            bench.configure(lean, flash, bf16, ckpt, dropout)
+        for name, knobs in (VARIANTS[0], VARIANTS[-2]):
+            bench.configure(**knobs)
             table = bench.profile(args.batch)
             report.setdefault("profiles", {})[name] = table
             print(f"== profile: {name}, batch {args.batch}\n{table}", flush=True)

@@ -38,6 +38,21 @@ MEMORY = re.compile(r"memory:\s*(\d+)")
 SMOOTHING_WINDOW = 10  # mmengine's LogProcessor logs `time` as the mean of the last 10 iterations
 
 
+def write_data(root, count, size):
+    """``count`` pictures of ``size`` and their annotation file (one question each)."""
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(count):
+        dish = DISHES[i % len(DISHES)]
+        name = f"{dish.key}_{i:04d}.jpg"
+        render.save_jpeg(render.render_dish(dish, seed=1000 + i, size=size), images / name)
+        records.append(make_record(str(i), name, size, "图中的菜是什么？", answer_sentence(dish.name)))
+    path = root / "train.json"
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return path, images
+
+
 def figures_from_log(log_path, skip=2):
     """(median seconds per iteration after ``skip`` warm-up iterations, peak MiB allocated as GiB).
 
@@ -104,10 +119,11 @@ def main(argv=None):
                 print(rows[-1], flush=True)
                 continue
             step, peak = figures_from_log(result.log_path)
-            tokens = batch * (tiles * (16 if args.tiny else 256) + 90)
+            text = plan.KIT_SETTINGS["text_tokens"]  # prompt + answer tokens of write_data's samples
+            tokens = batch * (tiles * (16 if args.tiny else 256) + text)
             predicted = None if args.tiny else plan.estimate(
-                INTERNVL2_2B_CONFIG, method="lora", lora_rank=128, batch_size=batch, tiles=tiles,
-                lean_logits=lean, gradient_checkpointing=ckpt).total
+                INTERNVL2_2B_CONFIG, engine="xtuner" if mode == "stock" else "labkit", batch_size=batch,
+                lean_logits=lean, gradient_checkpointing=ckpt, **plan.KIT_SETTINGS).total
             rows.append({"batch": batch, "mode": mode, "step_s": round(step, 3),
                          "tokens_per_s": round(tokens / step) if step == step else None,
                          "peak_allocated_gib": round(peak, 2) if peak else None,
