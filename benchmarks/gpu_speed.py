@@ -174,6 +174,23 @@ class Bench:
         self.reset()
         return statistics.median(times), memory
 
+    def vision_forward(self, size, count=5):
+        """Median seconds of the frozen vision tower + mlp1 forward for ``size`` samples."""
+        torch = self.torch
+        pixels = self.data(size)["pixel_values"].flatten(0, 1).to(self.torch.bfloat16)
+        times = []
+        for i in range(count + 2):
+            if self.device == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            with torch.no_grad(), self.autocast():
+                self.model.model.extract_feature(pixels)
+            if self.device == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:
+                times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
     def tokens(self, size):
         return int(self.batch["attention_mask"][:size].sum())
 
@@ -217,6 +234,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=4, help="timed steps per measurement (after 2 warm-up)")
     parser.add_argument("--sweep", type=int, nargs="*", default=[1, 2, 4, 8])
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--vision-only", action="store_true", help="only time the frozen vision tower's forward")
     parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (checks the code)")
     parser.add_argument("--size", type=int, nargs=2, default=[896, 672])
     parser.add_argument("--out", type=Path)
@@ -250,6 +268,12 @@ def main(argv=None):
     report = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
               "torch": torch.__version__, "tiles_per_sample": bench.tiles_per_sample,
               "tokens_per_sample": bench.tokens(1), "batch": args.batch, "ablation": [], "sweep": []}
+    vision = bench.vision_forward(args.batch)
+    report["vision_forward_s"] = round(vision, 4)
+    print(f"frozen vision tower + mlp1 forward, batch {args.batch}: {vision * 1000:.1f} ms", flush=True)
+    if args.vision_only:
+        print(json.dumps(report, indent=2))
+        return
     tokens = bench.tokens(args.batch)
     reference = None
     for name, knobs in VARIANTS:
