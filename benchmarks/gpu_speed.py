@@ -93,15 +93,11 @@ class Bench:
         torch = self.torch
         self.fused = fused and self.device == "cuda"
         self.model.match_lora_input_dtype = lambda: None  # the benchmark decides, not autocast
-        for module in self.model.modules():
-            if hasattr(module, "cast_input_dtype_enabled"):
-                module.cast_input_dtype_enabled = not no_cast
+        self.model.set_lora_input_cast(not no_cast)
         self.model.lean_logits = lean
         self.lm_module.CAUSAL_SHORTCUT = flash
-        want = torch.bfloat16 if bf16 else torch.float32
-        for param in self.model.model.language_model.parameters():
-            if not param.requires_grad and param.dtype != want:
-                param.data = param.data.to(want)
+        # stock XTuner leaves the frozen LLM in float32 (PEFT's prepare step); the vision tower stays bf16
+        self.model.cast_frozen(torch.bfloat16 if bf16 else torch.float32, self.model.model.language_model)
         if ckpt:
             self.model.gradient_checkpointing_enable()
         else:

@@ -68,7 +68,7 @@ class LeanInternVL(InternVL_V1_5):
         if weights_dtype == "float32":
             self.model.float()
         else:
-            self.frozen_to_bfloat16()
+            self.cast_frozen(torch.bfloat16)
         if not gradient_checkpointing:
             self.gradient_checkpointing_disable()
         self._reported = False
@@ -82,20 +82,25 @@ class LeanInternVL(InternVL_V1_5):
         device = next(self.model.parameters()).device.type
         cast = not torch.is_autocast_enabled(device)
         if getattr(self, "_lora_input_cast", None) is not cast:
-            for module in self.model.modules():
-                if hasattr(module, "cast_input_dtype_enabled"):
-                    module.cast_input_dtype_enabled = cast
-            self._lora_input_cast = cast
+            self.set_lora_input_cast(cast)
         return cast
 
-    def frozen_to_bfloat16(self) -> int:
-        """Cast the float32 weights that do not train back to bfloat16; returns how many."""
-        cast = 0
-        for param in self.model.parameters():
-            if not param.requires_grad and param.dtype == torch.float32:
-                param.data = param.data.to(torch.bfloat16)
-                cast += 1
-        return cast
+    def set_lora_input_cast(self, cast: bool) -> None:
+        """Turn PEFT's cast of every LoRA input to the adapters' dtype on or off."""
+        for module in self.model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = cast
+        self._lora_input_cast = cast
+
+    def cast_frozen(self, dtype, module=None) -> int:
+        """Cast the floating-point weights that do not train (in ``module``, default the whole
+        model) to ``dtype``; returns how many changed. bf16 -> fp32 -> bf16 is exact."""
+        changed = 0
+        for param in (module or self.model).parameters():
+            if not param.requires_grad and param.is_floating_point() and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+                changed += 1
+        return changed
 
     # -- where the language model's parts live ---------------------------------------------
     def causal_lm(self):
