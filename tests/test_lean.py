@@ -157,3 +157,29 @@ def test_frozen_weights_stay_bfloat16_and_checkpointing_can_be_turned_off(parity
             losses.append(model(copy.copy(batch))["loss"])
         losses[-1].backward()
     assert torch.isfinite(losses[0]) and abs(losses[0].item() - losses[1].item()) < 1e-3
+
+
+def test_lora_inputs_stay_bfloat16_under_autocast_with_the_same_loss(parity_checkpoint, batch):  # noqa: F811
+    """Under autocast PEFT's float32 cast of each LoRA input is skipped (autocast would cast it
+    straight back); without autocast the cast stays. The loss is the same either way."""
+    from peft import LoraConfig
+    from peft.tuners.lora import LoraLayer
+
+    from labkit.lean import LeanInternVL
+
+    lean = LeanInternVL(str(parity_checkpoint), freeze_llm=True, freeze_visual_encoder=True,
+                        llm_lora=dict(type=LoraConfig, **LORA))
+    lean.train()
+    layers = [m for m in lean.model.modules() if isinstance(m, LoraLayer)]
+    assert layers
+    losses = {}
+    for autocast in (True, False):
+        lean.set_lora_input_cast(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            losses[autocast] = lean(copy.copy(batch))["loss"].item()
+        assert all(m.cast_input_dtype_enabled is (not autocast) for m in layers)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lean.set_lora_input_cast(True)
+        lean.match_lora_input_dtype = lambda: None  # keep PEFT's cast under autocast, for comparison
+        with_cast = lean(copy.copy(batch))["loss"].item()
+    assert with_cast == losses[True]
