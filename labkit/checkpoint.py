@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from labkit import model as model_code
+from labkit.remote_code import RemoteCodeError, adapt_for_generation, check_imports
 from labkit.tokenizer import course_texts, missing_tokens, train_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -107,8 +108,31 @@ def _publish(tmp_dir, out_dir):
         os.replace(tmp_dir, out_dir)
 
 
-def finish_folder(folder, tokenizer, dtype=None):
+# Tokenizer files a model folder may carry beside its remote code (the *.py files).
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
+
+
+def has_labkit_code(folder):
+    """True when a folder's remote code is labkit's own (``labkit/model/``), byte for byte."""
+    code_dir = Path(model_code.__file__).parent
+    return all((Path(folder) / name).is_file() and (Path(folder) / name).read_bytes() == (code_dir / name).read_bytes()
+               for name in model_code.REMOTE_CODE_FILES)
+
+
+def _record_torch_dtype(config, dtype):
+    name = str(dtype).replace("torch.", "")
+    for part in (config, config.get("vision_config", {}), config.get("llm_config", {})):
+        part["torch_dtype"] = name
+
+
+def finish_folder(folder, tokenizer, dtype=None, base=None):
     """Make a saved model folder official: auto_map, remote code, tokenizer, generation config.
+
+    ``base``, a model folder the weights came from (a conversion's base model): the folder keeps
+    that folder's own remote code, ``auto_map`` (top level and ``llm_config``), template,
+    tokenizer files and generation config, byte for byte, whoever wrote them (labkit or
+    OpenGVLab). Without ``base`` it gets labkit's code and ``tokenizer``.
 
     ``dtype`` is recorded as ``torch_dtype`` (the key InternVL2 checkpoints and older tools read)
     at the top level and in both nested configs.
@@ -116,18 +140,31 @@ def finish_folder(folder, tokenizer, dtype=None):
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     config["architectures"] = ["InternVLChatModel"]
-    config["auto_map"] = dict(AUTO_MAP)
+    if base is not None:
+        base = Path(base)
+        base_config = load_config(base / "config.json")
+        config["auto_map"] = dict(base_config.get("auto_map") or AUTO_MAP)
+        config["template"] = base_config.get("template", config.get("template"))
+        if "auto_map" in base_config.get("llm_config", {}):
+            config["llm_config"]["auto_map"] = base_config["llm_config"]["auto_map"]
+        for stale in folder.glob("*.py"):  # whatever save_pretrained copied; the base's code replaces it
+            stale.unlink()
+        names = [p.name for p in sorted(base.glob("*.py"))] + [n for n in TOKENIZER_FILES if (base / n).is_file()]
+        names += ["generation_config.json"] if (base / "generation_config.json").is_file() else []
+        for name in names:
+            shutil.copyfile(base / name, folder / name)
+    else:
+        config["auto_map"] = dict(AUTO_MAP)
+        code_dir = Path(model_code.__file__).parent
+        for name in model_code.REMOTE_CODE_FILES:
+            shutil.copyfile(code_dir / name, folder / name)
+        tokenizer.save_pretrained(folder)
     if dtype is not None:
-        name = str(dtype).replace("torch.", "")
-        for part in (config, config.get("vision_config", {}), config.get("llm_config", {})):
-            part["torch_dtype"] = name
+        _record_torch_dtype(config, dtype)
     (folder / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    code_dir = Path(model_code.__file__).parent
-    for name in model_code.REMOTE_CODE_FILES:
-        shutil.copyfile(code_dir / name, folder / name)
-    tokenizer.save_pretrained(folder)
-    gen = generation_config_dict(tokenizer)
-    (folder / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
+    if base is None or not (folder / "generation_config.json").is_file():
+        gen = generation_config_dict(tokenizer)
+        (folder / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
 
 
 def write_checkpoint(out_dir, config=None, tokenizer=None, seed=0, dtype=torch.bfloat16, overwrite=False,
@@ -202,6 +239,10 @@ def check_model_folder(path):
         module_file = folder / (cls_path.split(".")[0] + ".py")
         if not module_file.is_file():
             raise CheckpointError(f"{module_file}: missing, but config.json's auto_map points at it.")
+    try:
+        check_imports(folder)
+    except RemoteCodeError as err:
+        raise CheckpointError(str(err)) from None
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         weight_map = load_config(index)
@@ -232,20 +273,52 @@ def check_tokenizer(tokenizer, where="the tokenizer"):
         )
 
 
-def load_checkpoint(path, dtype=torch.float32, device="cpu"):
+def load_checkpoint(path, dtype=torch.float32, device="cpu", code="folder"):
     """Check, then load (model, tokenizer) with transformers' Auto classes and remote code.
+
+    ``code="folder"`` (the default) runs the folder's own remote code, through labkit's
+    compatibility layer (:func:`labkit.remote_code.adapt_for_generation`), so OpenGVLab's
+    InternVL2 code generates under the pinned transformers too. ``code="labkit"`` runs the
+    folder's weights with labkit's own model code (``labkit/model/``) instead: the parameter
+    names and shapes are the same, and a test shows both give the same logits. The tokenizer
+    always comes from the folder.
 
     ``trust_remote_code`` runs the python files inside ``path``: only pass folders you built or
     trust (labkit's own, or OpenGVLab's InternVL2 download).
     """
     from transformers import AutoModel, AutoTokenizer
 
-    check_model_folder(path)
+    if code not in ("folder", "labkit"):
+        raise ValueError(f"code={code!r}: use 'folder' (the folder's own remote code) or 'labkit'.")
+    config = check_model_folder(path)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=True)
     check_tokenizer(tokenizer, f"{Path(path) / 'tokenizer_config.json'}")
-    model = AutoModel.from_pretrained(str(path), trust_remote_code=True, dtype=dtype).to(device).eval()
+    if code == "labkit":
+        model = _load_with_labkit_code(path, config, dtype)
+    else:
+        model = AutoModel.from_pretrained(str(path), trust_remote_code=True, dtype=dtype)
+        adapt_for_generation(model, where=str(path))
+    model = model.to(device).eval()
     model.img_context_token_id = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
     return model, tokenizer
+
+
+def _load_with_labkit_code(path, config, dtype):
+    """The folder's weights in labkit's own InternVLChatModel; every tensor must match."""
+    from labkit.model.conversation import TEMPLATES
+
+    template = config.get("template")
+    if template not in TEMPLATES:
+        raise CheckpointError(
+            f"{Path(path) / 'config.json'}: template {template!r} is not one of labkit's ({', '.join(TEMPLATES)}); "
+            "run this folder with its own code (code='folder') instead."
+        )
+    model, info = model_code.InternVLChatModel.from_pretrained(
+        str(path), config=model_code.InternVLChatConfig(**config), dtype=dtype, output_loading_info=True)
+    wrong = {key: names for key, names in info.items() if key != "error_msgs" and names}
+    if wrong or info.get("error_msgs"):
+        raise CheckpointError(f"{path}: its weights do not fit labkit's model code: {wrong or info['error_msgs']}.")
+    return model
 
 
 def main(argv=None):
