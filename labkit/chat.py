@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import importlib.util
 import io
 import json
@@ -45,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from labkit.model.conversation import TEMPLATES, get_conv_template
+from labkit.remote_code import FolderTemplates
 from labkit.tiling import DEFAULT_MAX_PIXELS, open_image, tiling_from_config
 
 log = logging.getLogger("labkit.chat")
@@ -216,21 +217,31 @@ def display_question(question: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def resolve_template(name) -> str:
-    """Check a template name against labkit's template module."""
+@functools.lru_cache(maxsize=1)
+def labkit_templates() -> FolderTemplates:
+    """labkit's own template module (``labkit/model/conversation.py``)."""
+    return FolderTemplates()
+
+
+def resolve_template(name, templates: FolderTemplates | None = None) -> str:
+    """Check a template name against a folder's template module (default: labkit's own)."""
+    templates = templates or labkit_templates()
     name = name or DEFAULT_TEMPLATE
-    if name not in TEMPLATES:
-        raise ChatInputError(f"Unknown chat template {name!r}; labkit knows: {', '.join(TEMPLATES)}.")
+    if name not in templates:
+        raise ChatInputError(f"Unknown chat template {name!r}; {templates.source} knows: {', '.join(templates.names())}.")
     return name
 
 
-def render_prompt(template: str, system: str | None, question: str, history, image_tokens: int = 0) -> str:
+def render_prompt(template: str, system: str | None, question: str, history, image_tokens: int = 0,
+                  templates: FolderTemplates | None = None) -> str:
     """The exact string the model reads, ending where the assistant's answer begins.
 
-    ``question`` and ``history`` already carry the ``<image>`` marker where the picture sits
-    (see :func:`place_image`); it becomes ``image_tokens`` ``<IMG_CONTEXT>`` placeholders.
+    ``template`` names a template of ``templates`` (a model folder's own ``conversation.py``;
+    default labkit's). ``question`` and ``history`` already carry the ``<image>`` marker where
+    the picture sits (see :func:`place_image`); it becomes ``image_tokens`` ``<IMG_CONTEXT>``
+    placeholders.
     """
-    conv = get_conv_template(template)
+    conv = (templates or labkit_templates()).get(template)
     if system is not None:
         conv.system_message = system
     user, assistant = conv.roles
@@ -314,6 +325,7 @@ class ChatEngine:
 
     backend = "base"
     template: str = DEFAULT_TEMPLATE
+    templates: FolderTemplates | None = None  # the model folder's own templates (None: labkit's)
     system: str | None = None  # None: the template's own system prompt
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     tiling = None  # labkit.tiling.Tiling of the model, where known
@@ -351,7 +363,7 @@ class ChatEngine:
             if self.tiling is None:
                 raise ChatInputError(f"The {self.backend} engine does not know the model's tiling.")
             tokens = self.tiling.count_image_tokens(picture.image.width, picture.image.height)
-        text = render_prompt(self.template, self.system, placed, turns, tokens)
+        text = render_prompt(self.template, self.system, placed, turns, tokens, self.templates)
         return text if full else abbreviate(text)
 
     def _stream(self, question, history, picture, settings) -> Iterator[str]:
@@ -374,14 +386,15 @@ class TransformersEngine(ChatEngine):
     """Run an official-format checkpoint folder with transformers (``trust_remote_code``).
 
     ``device`` "cpu" or "cuda"; ``dtype`` defaults to float32 on the CPU and bfloat16 on a GPU.
-    ``template`` names a template in ``labkit/model/conversation.py`` (default: the model's
-    config), ``system`` replaces the template's system prompt.
+    ``template`` names a template of the folder's own ``conversation.py`` (default: the one
+    ``config.json`` names), ``system`` replaces the template's system prompt. The folder's own
+    remote code runs (``code="labkit"`` runs its weights with labkit's model code instead).
     """
 
     backend = "transformers"
 
     def __init__(self, model_dir, device="cpu", dtype=None, template=None, system=None,
-                 max_pixels=DEFAULT_MAX_PIXELS):
+                 max_pixels=DEFAULT_MAX_PIXELS, code="folder"):
         import torch
 
         from labkit.checkpoint import load_checkpoint
@@ -393,12 +406,13 @@ class TransformersEngine(ChatEngine):
         if dtype is None:
             dtype = torch.float32 if device == "cpu" else torch.bfloat16
         self.model_dir, self.device, self.dtype, self.max_pixels = Path(model_dir), device, dtype, max_pixels
-        self.model, self.tokenizer = load_checkpoint(model_dir, dtype=dtype, device=device)
-        self.template = resolve_template(template or getattr(self.model.config, "template", None))
+        self.model, self.tokenizer = load_checkpoint(model_dir, dtype=dtype, device=device, code=code)
+        self.templates = FolderTemplates(model_dir)
+        self.template = resolve_template(template or getattr(self.model.config, "template", None), self.templates)
         self.system = system
         self.tiling = tiling_from_config(self.model.config)
         self.model.img_context_token_id = self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
-        self.stop_token_id = self.tokenizer.convert_tokens_to_ids(get_conv_template(self.template).sep)
+        self.stop_token_id = self.tokenizer.convert_tokens_to_ids(self.templates.get(self.template).sep)
         self._lock = threading.Lock()  # one generation at a time (a threaded server shares the engine)
 
     @property
@@ -415,7 +429,7 @@ class TransformersEngine(ChatEngine):
             pixel_values = self.tiling.load(picture.image, max_pixels=None)  # (tiles, 3, S, S)
             pixel_values = pixel_values.to(self.device, self.dtype)
             tokens = self.model.num_image_token * len(pixel_values)
-        prompt = render_prompt(self.template, self.system, question, history, tokens)
+        prompt = render_prompt(self.template, self.system, question, history, tokens, self.templates)
         inputs = self.tokenizer(prompt, return_tensors="pt")
         pad = self.tokenizer.pad_token_id
         return dict(
@@ -429,7 +443,7 @@ class TransformersEngine(ChatEngine):
 
     def _decode(self, token_ids) -> str:
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
-        return clean_answer(text.split(get_conv_template(self.template).sep)[0])
+        return clean_answer(text.split(self.templates.get(self.template).sep)[0])
 
     def ask(self, question, image=None, history=None, settings=None) -> str:
         import torch
@@ -480,26 +494,52 @@ class TransformersEngine(ChatEngine):
 # ---------------------------------------------------------------------------------------------
 
 
-def lmdeploy_chat_template(template: str, system: str | None = None) -> dict:
-    """A labkit template as LMDeploy's ``ChatTemplateConfig`` fields (also usable as the JSON
-    file of ``lmdeploy serve api_server --chat-template``), so LMDeploy prompts like labkit."""
-    conv = get_conv_template(resolve_template(template))
-    sys_begin, sys_end = conv.system_template.split("{system}")
-    user_begin, user_rest = conv.user_template.split("{query}")
-    assistant = conv.roles[1]
-    return {
-        "model_name": f"labkit-{conv.name}",
-        "system": sys_begin,
+def lmdeploy_chat_template(template: str, system: str | None = None,
+                           templates: FolderTemplates | None = None) -> dict:
+    """A template as LMDeploy's ``ChatTemplateConfig`` fields (also usable as the JSON file of
+    ``lmdeploy serve api_server --chat-template``), so LMDeploy prompts exactly as labkit does.
+
+    The fields are read off prompts the template itself renders, so any folder's
+    ``conversation.py`` (labkit's or OpenGVLab's) gives them the same way.
+    """
+    templates = templates or labkit_templates()
+    template = resolve_template(template, templates)
+    conv = templates.get(template)
+    user, assistant = conv.roles
+    marks = ("\x01S\x01", "\x01Q\x01", "\x01A\x01", "\x01R\x01")
+    text = render_prompt(template, marks[0], marks[3], [(marks[1], marks[2])], 0, templates)
+    before, sys_to_q, q_to_a, a_to_r, after = _split_on(text, marks)
+    fields = {
+        "model_name": f"labkit-{template}",
+        "system": before,
         "meta_instruction": conv.system_message if system is None else system,
-        "eosys": sys_end,
-        "user": user_begin,
-        "eoh": user_rest[: len(user_rest) - len(assistant)],
+        "eosys": _strip_end(sys_to_q, user, template),
+        "user": user,
+        "eoh": _strip_end(q_to_a, assistant, template),
         "assistant": assistant,
-        "eoa": conv.answer_template.split("{answer}")[1],
+        "eoa": _strip_end(a_to_r, user, template),
         "separator": "",
         "capability": "chat",
-        "stop_words": [conv.sep],
+        "stop_words": [conv.sep.strip()],
     }
+    if after != fields["eoh"] + assistant:
+        raise ChatInputError(f"Template {template!r} does not end a question the way it ends the first one; "
+                             "LMDeploy cannot reproduce it.")
+    return fields
+
+
+def _split_on(text, marks):
+    parts = []
+    for mark in marks:
+        head, _, text = text.partition(mark)
+        parts.append(head)
+    return parts[0], parts[1], parts[2], parts[3], text
+
+
+def _strip_end(text, suffix, template):
+    if not text.endswith(suffix):
+        raise ChatInputError(f"Template {template!r}: expected {suffix!r} before each turn; LMDeploy cannot reproduce it.")
+    return text[: len(text) - len(suffix)]
 
 
 def _import_lmdeploy():
@@ -542,7 +582,8 @@ class LMDeployEngine(ChatEngine):
             nest_asyncio.apply()
         self.model_dir, self.engine_backend, self.max_pixels = Path(model_dir), backend, max_pixels
         config = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8"))
-        self.template = resolve_template(template or config.get("template"))
+        self.templates = FolderTemplates(self.model_dir)
+        self.template = resolve_template(template or config.get("template"), self.templates)
         self.system = system
         self.tiling = tiling_from_config(config)
         engine_config = (lmdeploy.TurbomindEngineConfig if backend == "turbomind" else lmdeploy.PytorchEngineConfig)
@@ -550,7 +591,7 @@ class LMDeployEngine(ChatEngine):
             self.pipe = lmdeploy.pipeline(
                 str(self.model_dir),
                 backend_config=engine_config(session_len=session_len, **(engine_options or {})),
-                chat_template_config=lmdeploy.ChatTemplateConfig(**lmdeploy_chat_template(self.template, system)),
+                chat_template_config=lmdeploy.ChatTemplateConfig(**lmdeploy_chat_template(self.template, system, self.templates)),
                 trust_remote_code=True,
             )
         except SystemExit as err:  # LMDeploy's environment checks end with exit(1) after logging why
@@ -788,7 +829,7 @@ def main(argv=None):
     parser.add_argument("question", nargs="?", default="请描述这张图片。")
     parser.add_argument("--image", help="a picture to ask about")
     parser.add_argument("--backend", default="auto", choices=["auto", "transformers", "lmdeploy"])
-    parser.add_argument("--template", help=f"chat template (default: the model's; known: {', '.join(TEMPLATES)})")
+    parser.add_argument("--template", help="chat template of the model folder's own conversation.py (default: the one its config.json names)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--top-p", type=float, default=0.8)
@@ -799,7 +840,8 @@ def main(argv=None):
     try:
         if args.lmdeploy_template:
             config = json.loads((Path(args.model_dir) / "config.json").read_text(encoding="utf-8"))
-            fields = lmdeploy_chat_template(args.template or config.get("template"))
+            fields = lmdeploy_chat_template(args.template or config.get("template"), None,
+                                            FolderTemplates(args.model_dir))
             _write_text(args.lmdeploy_template, json.dumps(fields, ensure_ascii=False, indent=2) + "\n")
             print(f"wrote {args.lmdeploy_template}")
             return 0
