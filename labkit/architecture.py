@@ -1,7 +1,11 @@
 """The architecture lesson: follow one picture through ViT -> pixel shuffle -> MLP -> LLM.
 
 Notebook 01 calls these functions on the real model code, so every shape printed is the shape
-the model really computes, for the tiny course model and for InternVL2-2B alike.
+the model really computes, for the tiny course model and for InternVL2-2B alike. They use only
+the model's public parts (``vision_model``, ``mlp1``, ``language_model``, ``template``,
+``system_message``, ``num_image_token``), which labkit's code and OpenGVLab's both have; the
+prompt comes from the model's own template module, and the image tokens are checked against
+the model's own ``extract_feature``.
 """
 import json
 from dataclasses import dataclass
@@ -9,7 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from labkit.checkpoint import INTERNVL2_2B_CONFIG, build_model
-from labkit.model.modeling_internvl_chat import IMG_CONTEXT_TOKEN, pixel_shuffle
+from labkit.chat import IMG_CONTEXT, render_prompt
+from labkit.model.modeling_internvl_chat import pixel_shuffle
+from labkit.remote_code import FolderTemplates
 from labkit.tiling import tiling_from_config
 
 
@@ -44,16 +50,19 @@ def trace_image(model, tokenizer, image, question="图中的菜是什么？"):
     stages.append(Stage("5. pixel shuffle", tuple(shuffled.shape), "each 2x2 block -> one token, 4x channels"))
     flat = shuffled.reshape(shuffled.shape[0], -1, shuffled.shape[-1])
     projected = model.mlp1(flat)
+    if not torch.allclose(projected, model.extract_feature(pixels), atol=1e-4, rtol=1e-3):
+        raise AssertionError("the traced image tokens differ from the model's own extract_feature()")
     stages.append(Stage("6. mlp1 projector", tuple(projected.shape), "LayerNorm, Linear, GELU, Linear -> LLM width"))
-    query, _ = model.build_prompt("<image>\n" + question, None, [pixels.shape[0]])
+    query = render_prompt(model.template, model.system_message, "<image>\n" + question, [],
+                          model.num_image_token * pixels.shape[0], FolderTemplates.of_model(model))
     ids = tokenizer(query, return_tensors="pt")["input_ids"]
-    context_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+    context_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
     n_image = int((ids == context_id).sum())
     stages.append(Stage("7. prompt token ids", tuple(ids.shape),
                         f"{n_image} <IMG_CONTEXT> placeholders = {pixels.shape[0]} tiles x {model.num_image_token}"))
-    model.img_context_token_id = context_id
     embeds = model.language_model.get_input_embeddings()(ids)
-    spliced = model.splice_image_tokens(ids, embeds, projected)
+    placeholders = (ids == context_id)[..., None]
+    spliced = embeds.masked_scatter(placeholders, projected.reshape(-1, embeds.shape[-1]).to(embeds.dtype))
     stages.append(Stage("8. LLM input embeddings (spliced)", tuple(spliced.shape),
                         f"{100 * n_image / ids.shape[1]:.0f}% of the positions are image tokens"))
     logits = model.language_model(inputs_embeds=spliced, use_cache=False).logits
