@@ -23,11 +23,14 @@ The steps, one function each below:
    the trained weights, refusing a checkpoint that does not fit.
 4. ``merge_lora`` - ``W <- W + (alpha / r) * B @ A`` for every wrapped Linear
    (PEFT's ``merge_and_unload``), done in fp32 and then rounded once to bf16.
-5. Save safetensors (sharded above ``max_shard_size``), add config ``auto_map``, remote code,
-   tokenizer and generation config (``labkit.checkpoint.finish_folder``).
+5. Save safetensors (sharded above ``max_shard_size``); the folder keeps the base folder's own
+   remote code, ``auto_map``, template, tokenizer files and generation config, whether labkit or
+   OpenGVLab wrote them (``labkit.checkpoint.finish_folder``).
 6. Prove it: the merged model must give the LoRA model's logits on a prompt with image tokens
-   (fp32, max abs diff <= 1e-4), and the folder must load in a fresh Python process and answer
-   a chat with the logits the merged model gives. The figures land in ``conversion.json``.
+   (fp32, max abs diff <= 1e-4), and the folder must load in a fresh Python process through
+   labkit's loader and answer a chat with the logits the merged model gives; a folder with
+   labkit's own code must do the same with transformers alone and labkit not importable. The
+   figures land in ``conversion.json``.
 
 The folder is built under a temporary name beside ``out_dir`` and renamed only when every
 check has passed, so a failed or interrupted conversion leaves nothing half-written.
@@ -56,6 +59,7 @@ from labkit.checkpoint import (
     _publish,
     check_model_folder,
     finish_folder,
+    has_labkit_code,
     load_checkpoint,
 )
 
@@ -441,38 +445,45 @@ def merge_lora(model):
 
 
 # == 5. Writing the folder, and a fresh process that reads it ================================
-def fresh_process_check(folder, inputs_file, result_file):
-    """Run in a NEW python process: load ``folder`` as a student would, compute logits, chat.
-
-    Uses only transformers' Auto classes with the folder's own remote code.
-    """
+# Run in a NEW python process, to load the written folder as a student would, compute the probe's
+# logits and chat. Loader "labkit": labkit.checkpoint.load_checkpoint (the folder's own remote code
+# with labkit's compatibility layer). Loader "transformers": transformers' Auto classes alone, with
+# every labkit import blocked, which proves a folder with labkit's code stands on its own.
+_FRESH_CHECK = """
+import sys
+import torch
+folder, inputs_file, result_file, loader, question = sys.argv[1:6]
+if loader == "labkit":
+    from labkit.checkpoint import load_checkpoint
+    model, tokenizer = load_checkpoint(folder, dtype=torch.float32)
+else:
+    sys.modules["labkit"] = None
     from transformers import AutoModel, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True, torch_dtype=torch.float32).eval()
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
     model.img_context_token_id = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
-    inputs = torch.load(inputs_file, weights_only=True)
-    logits = logits_of(model, inputs)
-    answer = model.chat(tokenizer, inputs["pixel_values"], PROBE_QUESTION, dict(max_new_tokens=8, do_sample=False))
-    torch.save({"logits": logits, "answer": answer, "class": type(model).__name__}, result_file)
+inputs = torch.load(inputs_file, weights_only=True)
+with torch.no_grad():
+    logits = model(**inputs, return_dict=True).logits.float()
+answer = model.chat(tokenizer, inputs["pixel_values"], question, dict(max_new_tokens=8, do_sample=False))
+torch.save({"logits": logits, "answer": answer, "class": type(model).__name__}, result_file)
+"""
 
 
-def run_fresh_process_check(folder, inputs, timeout=1800):
-    """Start ``fresh_process_check`` in a new interpreter (offline) and return its results."""
+def run_fresh_process_check(folder, inputs, timeout=1800, loader="labkit"):
+    """Run ``_FRESH_CHECK`` with ``loader`` in a new interpreter (offline); return its results."""
     with tempfile.TemporaryDirectory(prefix="labkit-convert-") as scratch:
         inputs_file, result_file = Path(scratch) / "inputs.pt", Path(scratch) / "result.pt"
         torch.save(inputs, inputs_file)
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                    HF_MODULES_CACHE=str(Path(scratch) / "modules"))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-        code = "import sys; from labkit.convert import fresh_process_check as f; f(*sys.argv[1:])"
-        done = subprocess.run(
-            [sys.executable, "-c", code, str(folder), str(inputs_file), str(result_file)],
-            env=env, capture_output=True, text=True, timeout=timeout,
-        )
+        args = [str(folder), str(inputs_file), str(result_file), loader, PROBE_QUESTION]
+        done = subprocess.run([sys.executable, "-c", _FRESH_CHECK, *args], cwd=scratch,
+                              env=env, capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0 or not result_file.is_file():
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
-            raise ConversionError(f"The converted folder did not load in a fresh Python process:\n{tail}")
+            raise ConversionError(f"The converted folder did not load in a fresh Python process ({loader}):\n{tail}")
         return torch.load(result_file, weights_only=True)
 
 
@@ -503,6 +514,7 @@ class ConversionReport:
     merge_tolerance: float | None = None
     max_logit_diff_fresh: float | None = None  # merged model (rounded to dtype) vs the folder, fresh process
     fresh_answer: str | None = None
+    fresh_loaders: list = field(default_factory=list)  # "labkit"; also "transformers" (labkit not importable)
     shards: int = 0
     weight_bytes: int = 0
     files: dict = field(default_factory=dict)
@@ -523,7 +535,8 @@ class ConversionReport:
             )
         if self.max_logit_diff_fresh is not None:
             lines.append(
-                f"  fresh process: loaded with AutoModel, logits max |diff| {self.max_logit_diff_fresh:.3g}, "
+                f"  fresh process ({' and '.join(self.fresh_loaders)} loader): logits max |diff| "
+                f"{self.max_logit_diff_fresh:.3g}, "
                 f"chat answered {self.fresh_answer!r}"
             )
         lines.append(f"  {self.seconds:.1f} s")
@@ -604,22 +617,30 @@ def _convert_into(setup, weights, pretrained, pth_path, folder, max_shard_size, 
                 f"The merged model does not reproduce the LoRA model: logits differ by up to "
                 f"{report.max_logit_diff_merge:.3g} (> {report.merge_tolerance:.3g}); nothing was written."
             )
-    model.to(dtype)
+    # Round the weights, not the model: model.to(bf16) would also round buffers that are never
+    # saved (OpenGVLab's rotary inv_freq / cos / sin tables), which a fresh load recomputes in
+    # fp32, so the reference below would differ from the folder by rounding that is not in it.
+    rounded = {name: tensor.to(dtype) for name, tensor in model.state_dict().items()}
     _record_dtype(model, dtype)
     report.parameters = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(folder, safe_serialization=True, max_shard_size=max_shard_size)
-    finish_folder(folder, tokenizer, dtype)
+    model.save_pretrained(folder, state_dict=rounded, safe_serialization=True, max_shard_size=max_shard_size)
+    finish_folder(folder, tokenizer, dtype, base=setup.model_path)
+    check_model_folder(folder)
     if verify:
-        reference = logits_of(model.to(torch.float32), inputs)  # the written weights, computed here
-        del model
-        fresh = run_fresh_process_check(folder, inputs)
-        report.max_logit_diff_fresh = max_diff(fresh["logits"], reference)
-        report.fresh_answer = fresh["answer"]
-        if report.max_logit_diff_fresh > _tolerance(FRESH_TOLERANCE, reference):
-            raise ConversionError(
-                f"The written folder gives other logits in a fresh process (max |diff| "
-                f"{report.max_logit_diff_fresh:.3g}); the saved weights do not match the merged model."
-            )
+        model.load_state_dict({name: tensor.float() for name, tensor in rounded.items()})
+        reference = logits_of(model, inputs)  # the written weights, computed here
+        del model, rounded
+        report.fresh_loaders = ["labkit"] + (["transformers"] if has_labkit_code(folder) else [])
+        for loader in report.fresh_loaders:
+            fresh = run_fresh_process_check(folder, inputs, loader=loader)
+            diff = max_diff(fresh["logits"], reference)
+            report.max_logit_diff_fresh = max(diff, report.max_logit_diff_fresh or 0.0)
+            report.fresh_answer = report.fresh_answer or fresh["answer"]
+            if diff > _tolerance(FRESH_TOLERANCE, reference):
+                raise ConversionError(
+                    f"The written folder gives other logits in a fresh process ({loader} loader, max |diff| "
+                    f"{diff:.3g}); the saved weights do not match the merged model."
+                )
     figures = folder_figures(folder)
     report.files, report.shards, report.weight_bytes = figures["files"], figures["shards"], figures["weight_bytes"]
     return report
