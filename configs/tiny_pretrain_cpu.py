@@ -7,13 +7,14 @@ from mmengine.optim import OptimWrapper, CosineAnnealingLR, LinearLR
 from torch.optim import AdamW
 from transformers import AutoTokenizer
 
-from xtuner.dataset import InternVL_V1_5_Dataset
 from xtuner.dataset.collate_fns import default_collate_fn
 from xtuner.dataset.samplers import LengthGroupedSampler
 from xtuner.engine.hooks import DatasetInfoHook
 from xtuner.engine.runner import TrainLoop
 from labkit.lean import LeanInternVL
 from xtuner.utils import PROMPT_TEMPLATE
+
+from labkit.xtuner_dataset import FolderPromptDataset
 
 #######################################################################
 #                           PART 1  Settings                          #
@@ -35,6 +36,7 @@ gradient_checkpointing = True  # recompute activations in the backward pass: far
 data_paths = ("runs/data/general/train.json",)  # annotation file(s): JSON list or JSONL
 image_folder = "runs/data/images"  # folder the annotations' image paths are relative to
 prompt_template = PROMPT_TEMPLATE.internlm2_chat  # prompt template name in xtuner.utils.PROMPT_TEMPLATE
+system_prompt = "auto"  # auto = the model folder's own template's system prompt (labkit's folders: XTuner's); None = XTuner's
 max_length = 2048  # longest token sequence; longer samples are cut
 
 # Scheduler & Optimizer
@@ -80,8 +82,9 @@ model = dict(
 #                     PART 3  Dataset & Dataloader                    #
 #######################################################################
 train_dataset = dict(
-    type=InternVL_V1_5_Dataset,
+    type=FolderPromptDataset,  # XTuner's InternVL_V1_5_Dataset with the folder's own system prompt
     model_path=model_path,
+    system=system_prompt,
     data_paths=list(data_paths),
     image_folders=[image_folder] * len(data_paths),  # XTuner wants one folder and one repeat
     repeat_times=[1] * len(data_paths),  # count per annotation file

@@ -73,6 +73,8 @@ class Settings:
     data_paths: tuple[str, ...] = _knob(("runs/data/food/train.json",), "annotation file(s): JSON list or JSONL")
     image_folder: str = _knob("runs/data/images", "folder the annotations' image paths are relative to")
     template: str = _knob("internlm2_chat", "prompt template name in xtuner.utils.PROMPT_TEMPLATE")
+    system_prompt: typing.Optional[str] = _knob(
+        "auto", "auto = the model folder's own template's system prompt (labkit's folders: XTuner's); None = XTuner's")
     max_length: int = _knob(8192, "longest token sequence; longer samples are cut")
     # -- optimisation ---------------------------------------------------------------------
     batch_size: int = _knob(4, "samples per device per step")
@@ -345,7 +347,7 @@ _PART1_GROUPS = (
     ("Model", ("model_path", "method", "freeze_llm", "freeze_visual_encoder", "lora_r", "lora_alpha",
                "lora_dropout", "lora_target_modules", "lean_logits", "weights_dtype",
                "gradient_checkpointing")),
-    ("Data", ("data_paths", "image_folder", "template", "max_length")),
+    ("Data", ("data_paths", "image_folder", "template", "system_prompt", "max_length")),
     ("Scheduler & Optimizer", ("batch_size", "accumulative_counts", "dataloader_num_workers", "max_epochs",
                                "lr", "betas", "weight_decay", "max_norm", "warmup_ratio")),
     ("Save & log", ("save_steps", "save_total_limit", "log_interval")),
@@ -395,7 +397,6 @@ def _imports(s: Settings) -> str:
         "from torch.optim import AdamW",
         "from transformers import AutoTokenizer",
         "",
-        "from xtuner.dataset import InternVL_V1_5_Dataset",
         "from xtuner.dataset.collate_fns import default_collate_fn",
         "from xtuner.dataset.samplers import LengthGroupedSampler",
         "from xtuner.engine.hooks import DatasetInfoHook",
@@ -403,6 +404,7 @@ def _imports(s: Settings) -> str:
     ]
     lines.append("from labkit.lean import LeanInternVL" if s.uses_lean_model else "from xtuner.model import InternVL_V1_5")
     lines.append("from xtuner.utils import PROMPT_TEMPLATE")
+    lines += ["", "from labkit.xtuner_dataset import FolderPromptDataset"]
     return "\n".join(lines) + "\n"
 
 
@@ -444,8 +446,9 @@ def _model_part(s: Settings) -> str:
 
 _DATA_PART = '''\
 train_dataset = dict(
-    type=InternVL_V1_5_Dataset,
+    type=FolderPromptDataset,  # XTuner's InternVL_V1_5_Dataset with the folder's own system prompt
     model_path=model_path,
+    system=system_prompt,
     data_paths=list(data_paths),
     image_folders=[image_folder] * len(data_paths),  # XTuner wants one folder and one repeat
     repeat_times=[1] * len(data_paths),  # count per annotation file
