@@ -120,8 +120,12 @@ def _log(message, quiet):
 
 
 def build(out_dir, seed=DEFAULT_SEED, data_root=None, work_dir=None, overwrite=False, progress=True, quiet=False,
-          cpu_threads=0, data_seed=DATA_SEED) -> Path:
+          cpu_threads=0, data_seed=DATA_SEED, start=None) -> Path:
     """Build the base model into ``out_dir`` (published only if it meets every target).
+
+    ``start``: a tiny model folder of your own to pretrain instead of labkit's random one (any
+    InternVL2 folder with an InternLM2 LLM, e.g. one with another remote code or tokenizer); the
+    result keeps that folder's code and tokenizer.
 
     ``seed`` decides the random weights and the data order; the pictures are the course data
     (``data_seed``), rendered afresh unless ``data_root`` names a folder built by
@@ -140,7 +144,7 @@ def build(out_dir, seed=DEFAULT_SEED, data_root=None, work_dir=None, overwrite=F
     timings = {}
     try:
         mark = time.monotonic()
-        random_dir = write_checkpoint(scratch / "random", seed=seed, overwrite=True)
+        random_dir = Path(start) if start else write_checkpoint(scratch / "random", seed=seed, overwrite=True)
         timings["random_checkpoint_s"] = round(time.monotonic() - mark, 1)
         _log(f"random tiny checkpoint: {random_dir}", quiet)
         mark = time.monotonic()
@@ -164,7 +168,7 @@ def build(out_dir, seed=DEFAULT_SEED, data_root=None, work_dir=None, overwrite=F
                                  f"nothing was published. Training log: {result.log_path}")
         timings["total_s"] = round(time.monotonic() - started, 1)
         report = {
-            "command": f"python -m labkit.base_model build {out_dir} --seed {seed}",
+            "command": f"python -m labkit.base_model build {out_dir} --seed {seed}" + (f" --start {start}" if start else ""),
             "seed": seed, "data_seed": data_seed, "fingerprint": fingerprint(),
             "check": asdict(check), "targets": TARGETS,
             "timings": timings, "iterations": result.iterations, "final_loss": result.losses[-1][1],
@@ -243,6 +247,7 @@ def main(argv=None) -> int:
     b.add_argument("--work-dir", help="keep intermediate files (random model, data, XTuner run) here")
     b.add_argument("--threads", type=int, default=0, help="CPU threads for training (0 = all cores)")
     b.add_argument("--overwrite", action="store_true")
+    b.add_argument("--start", help="pretrain this tiny model folder instead of a random labkit one")
     r = sub.add_parser("refresh-code", help="copy the current labkit/model code into a base model folder")
     r.add_argument("model_dir")
     c = sub.add_parser("check", help="measure the targets of a base model folder")
@@ -251,7 +256,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.action == "build":
         build(args.out_dir, seed=args.seed, data_root=args.data, work_dir=args.work_dir, overwrite=args.overwrite,
-              cpu_threads=args.threads)
+              cpu_threads=args.threads, start=args.start)
         return 0
     if args.action == "refresh-code":
         changed = refresh_code(args.model_dir)

@@ -6,6 +6,7 @@ JSON, data URL, SSE stream, prompt built on the server - must be exact for the t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -25,12 +26,13 @@ START_TIMEOUT_S = 180
 SHORT = Settings(max_new_tokens=16)
 
 
-@pytest.fixture(scope="module")
-def server_url(tiny_checkpoint):  # noqa: F811
-    """Start the server on a free port (port 0; it prints its URL), stop it afterwards - also on failure."""
+@contextlib.contextmanager
+def serve(model_dir):
+    """Start ``labkit.server`` for ``model_dir`` on a free port (port 0; it prints its URL); yield the
+    URL; stop it afterwards - also on failure."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "labkit.server", str(tiny_checkpoint), "--port", "0", "--quiet"],
+        [sys.executable, "-m", "labkit.server", str(model_dir), "--port", "0", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT,
     )
     lines = queue.Queue()
@@ -57,6 +59,12 @@ def server_url(tiny_checkpoint):  # noqa: F811
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_checkpoint):  # noqa: F811
+    with serve(tiny_checkpoint) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
