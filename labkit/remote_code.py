@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -154,6 +155,13 @@ class FolderTemplates:
 
     def system_message(self, name):
         return self.get(name).system_message
+
+
+def folder_template(folder):
+    """``(template name, its system prompt)`` that a model folder's ``config.json`` names."""
+    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    name = config.get("template") or "internlm2-chat"
+    return name, FolderTemplates(folder).system_message(name)
 
 
 # -- the compatibility layer ----------------------------------------------------------------

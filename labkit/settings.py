@@ -118,6 +118,15 @@ class Settings:
         """True when the config must name labkit.lean.LeanInternVL instead of XTuner's model."""
         return self.lean_logits or self.weights_dtype != "bfloat16" or not self.gradient_checkpointing
 
+    def training_system_prompt(self) -> str:
+        """The system prompt every training sample gets (``system_prompt`` resolved)."""
+        from labkit.model.conversation import XTUNER_SYSTEM
+        from labkit.remote_code import folder_template
+
+        if self.system_prompt == "auto":
+            return folder_template(self.model_path)[1]
+        return XTUNER_SYSTEM if self.system_prompt is None else self.system_prompt
+
     def iterations_per_epoch(self, num_samples: int) -> int:
         """How many iterations one epoch over ``num_samples`` takes, counted as XTuner counts.
 

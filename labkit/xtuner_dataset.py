@@ -14,29 +14,20 @@ folder's ``config.json`` names, from the folder's own ``conversation.py``:
 
 Rendered XTuner configs use :class:`FolderPromptDataset` with ``system="auto"``.
 """
-import json
-from pathlib import Path
-
 from xtuner.dataset import InternVL_V1_5_Dataset
 
-from labkit.remote_code import FolderTemplates
-
-
-def folder_system_prompt(model_path):
-    """The system prompt of the template a model folder's ``config.json`` names."""
-    config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
-    return FolderTemplates(model_path).system_message(config.get("template") or "internlm2-chat")
+from labkit.remote_code import folder_template
 
 
 class FolderPromptDataset(InternVL_V1_5_Dataset):
     """``InternVL_V1_5_Dataset`` whose samples carry ``system`` as their system prompt.
 
-    ``system="auto"``: the model folder's own (:func:`folder_system_prompt`); ``None``: XTuner's.
+    ``system="auto"``: the model folder's own (``labkit.remote_code.folder_template``); ``None``: XTuner's.
     """
 
     def __init__(self, model_path, *args, system="auto", **kwargs):
         super().__init__(model_path, *args, **kwargs)
         if system == "auto":
-            system = folder_system_prompt(model_path)
+            system = folder_template(model_path)[1]
         if system is not None:
             self._system = system  # read by XTuner's get_inputid_labels for the first turn
