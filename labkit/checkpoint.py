@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from labkit import model as model_code
-from labkit.remote_code import RemoteCodeError, adapt_for_generation, check_imports
+from labkit.remote_code import RemoteCodeError, adapt_for_generation, check_imports, quiet_generation_warning
 from labkit.tokenizer import course_texts, missing_tokens, train_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -296,7 +296,8 @@ def load_checkpoint(path, dtype=torch.float32, device="cpu", code="folder"):
     if code == "labkit":
         model = _load_with_labkit_code(path, config, dtype)
     else:
-        model = AutoModel.from_pretrained(str(path), trust_remote_code=True, dtype=dtype)
+        with quiet_generation_warning():
+            model = AutoModel.from_pretrained(str(path), trust_remote_code=True, dtype=dtype)
         adapt_for_generation(model, where=str(path))
     model = model.to(device).eval()
     model.img_context_token_id = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")

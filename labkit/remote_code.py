@@ -26,8 +26,10 @@ cache that OpenGVLab's InternLM2 code reads, so the layer refuses to run there.
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -165,6 +167,26 @@ def folder_template(folder):
 
 
 # -- the compatibility layer ----------------------------------------------------------------
+class _DropGenerationMixinWarning(logging.Filter):
+    """transformers warns, at every load, that such a class will lose ``generate``: the layer below
+    gives it back, so the warning (which asks the reader to contact the model's owner) only confuses."""
+
+    def filter(self, record):
+        return "has generative capabilities, as `prepare_inputs_for_generation`" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_generation_warning():
+    """Load a model without transformers' GenerationMixin warning (see ``adapt_for_generation``)."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    drop = _DropGenerationMixinWarning()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 _ADAPTED = {}  # original language-model class -> its generating subclass
 
 
