@@ -283,6 +283,11 @@ def test_demo_handlers_stream_keep_history_and_report_errors(engine):
 
 
 def test_demo_page_builds_and_serves(engine):
+    assert_demo_serves(engine)
+
+
+def assert_demo_serves(engine):
+    """Build the gradio demo on ``engine``, serve it on a free loopback port, fetch its page."""
     pytest.importorskip("gradio", reason="gradio is an optional extra (requirements/demo.txt)")
     import socket
     import urllib.request

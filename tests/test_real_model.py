@@ -219,6 +219,12 @@ def test_the_demo_handlers_chat_with_the_folder(engine, picture):
     assert history[0][1] == engine.ask(QUESTION, picture, settings=Settings(max_new_tokens=8))
 
 
+def test_the_web_demo_serves_the_folder(engine):
+    from test_chat import assert_demo_serves
+
+    assert_demo_serves(engine)
+
+
 def test_the_architecture_trace_runs_on_the_folders_code(loaded):
     from labkit.architecture import parameter_table, trace_image
 
