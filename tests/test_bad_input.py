@@ -92,3 +92,62 @@ def test_sharded_index_pointing_at_the_wrong_shard(model_copy):
     index.write_text(json.dumps({"weight_map": {**weight_map, names[-1]: "b.safetensors"}}), encoding="utf-8")
     with pytest.raises(CheckpointError, match=re.escape(str(index)) + ".*shard that does not hold them"):
         check_model_folder(model_copy)
+
+
+# == silent wrong results: a NaN loss, and the max_length that causes it ======================
+@pytest.fixture(scope="module")
+def food_one(tmp_path_factory):
+    """The course food data at its smallest: one picture per dish (13 samples)."""
+    from labkit.data import build_datasets
+
+    sizes = {"general": {"train": 0, "val": 0, "test": 0}, "food": {"train": 1, "val": 0, "test": 0}}
+    return build_datasets(tmp_path_factory.mktemp("bad-data") / "data", seed=0, sizes=sizes, held_back_factor=1)
+
+
+def xtuner_model_type_settings(data, **overrides):
+    """XTuner's own InternVL_V1_5 model type (bf16 weights, full logits), on the base model."""
+    from labkit import settings
+
+    s = settings.tiny_lora_cpu().replace(
+        model_path=str(base_model.ASSET_DIR), data_paths=str(data["food"]["train"]),
+        image_folder=str(data["image_folder"]), batch_size=4, max_epochs=1, cpu_threads=1,
+        lean_logits=False, weights_dtype="bfloat16", gradient_checkpointing=True)
+    s = s.replace(**overrides)
+    assert not s.uses_lean_model
+    return s
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["xtuner-model-type", "labkit-lean"])
+def test_max_length_below_one_pictures_tokens_is_refused_before_launch(food_one, tmp_path, lean):
+    from labkit import finetune
+    from labkit.settings import SettingsError
+
+    s = xtuner_model_type_settings(food_one, max_length=40)
+    if lean:
+        s = s.replace(lean_logits=True, weights_dtype="float32")
+    with pytest.raises(SettingsError, match=r"max_length=40 is too small: .*train.json, record \d+ .*needs \d+ tokens"):
+        finetune.train(s, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # nothing launched, nothing written
+
+
+def test_check_losses_refuses_nan_and_infinity(tmp_path):
+    from labkit import finetune
+
+    finetune.check_losses([(1, 2.0), (2, 1.5)], tmp_path / "train.log")
+    for bad in (math.nan, math.inf):
+        with pytest.raises(finetune.TrainingError, match="not a finite number .*iteration 2"):
+            finetune.check_losses([(1, 2.0), (2, bad)], tmp_path / "train.log")
+
+
+@pytest.mark.slow
+def test_a_nan_loss_run_is_a_failure_not_a_checkpoint(food_one, tmp_path):
+    """XTuner's own model type with every answer cut off logs loss NaN, exits 0 and saves iter_4.pth."""
+    from labkit import finetune
+
+    s = xtuner_model_type_settings(food_one, max_length=40)
+    with pytest.raises(finetune.TrainingError, match="not a finite number") as err:
+        finetune.train(s, tmp_path / "run", progress=False, validate=False)  # validate=False: let it run
+    assert "nan" in str(err.value)
+    assert not (tmp_path / "run" / finetune.RESULT).exists()
+    with pytest.raises(FileNotFoundError):
+        finetune.load_result(tmp_path / "run")
