@@ -151,3 +151,25 @@ def test_a_nan_loss_run_is_a_failure_not_a_checkpoint(food_one, tmp_path):
     assert not (tmp_path / "run" / finetune.RESULT).exists()
     with pytest.raises(FileNotFoundError):
         finetune.load_result(tmp_path / "run")
+
+
+# == silent wrong results: GPU budgets ========================================================
+@pytest.mark.parametrize("budget", ["-24GB", "H200 -24GB", "0GB", "0MB", math.nan, math.inf, -math.inf],
+                         ids=["minus-24GB", "card-minus-24GB", "0GB", "0MB", "nan", "inf", "minus-inf"])
+def test_budgets_that_are_not_positive_finite_sizes_are_refused(budget):
+    from labkit import plan
+
+    with pytest.raises(ValueError, match=re.escape(repr(budget) if isinstance(budget, float) else budget)):
+        plan.parse_budget(budget)
+    estimate = plan.estimate(REPO_ROOT / "configs" / "internvl2-2b" / "config.json", batch_size=8)
+    with pytest.raises(ValueError):
+        plan.fits(estimate, budget)  # never "fits at batch 8"
+
+
+@pytest.mark.parametrize("share", ["0%", "150%", "100.5%", "0"])
+def test_shares_outside_0_to_100_percent_are_refused(share):
+    from labkit import plan
+
+    with pytest.raises(ValueError, match=r"\(0, 100\] %.*got " + re.escape(share)):
+        plan.parse_budget(f"A100 80GB x {share}")
+    assert plan.parse_budget("A100 80GB x 100%").gib == 80.0
