@@ -173,3 +173,29 @@ def test_shares_outside_0_to_100_percent_are_refused(share):
     with pytest.raises(ValueError, match=r"\(0, 100\] %.*got " + re.escape(share)):
         plan.parse_budget(f"A100 80GB x {share}")
     assert plan.parse_budget("A100 80GB x 100%").gib == 80.0
+
+
+# == silent wrong results: refresh-code and an empty FoodieQA conversion ======================
+def test_refresh_code_writes_only_into_a_model_folder(tmp_path, model_copy):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.txt").write_text("precious", encoding="utf-8")
+    done = run_cli("labkit.base_model", "refresh-code", notes)
+    assert done.returncode == 2 and "config.json: missing" in done.stderr and str(notes) in done.stderr
+    assert sorted(p.name for p in notes.iterdir()) == ["thesis.txt"]  # no model code written
+    missing = run_cli("labkit.base_model", "refresh-code", tmp_path / "no-such-model")
+    assert missing.returncode == 2 and "no-such-model: no such folder" in missing.stderr
+    assert "Traceback" not in missing.stderr and not (tmp_path / "no-such-model").exists()
+    # a real model folder is still refreshed
+    stale = model_copy / "modeling_internlm2.py"
+    stale.write_text("# old code\n", encoding="utf-8")
+    assert base_model.refresh_code(model_copy) == ["modeling_internlm2.py"]
+    assert stale.read_bytes() == (REPO_ROOT / "labkit" / "model" / "modeling_internlm2.py").read_bytes()
+    assert stale.stat().st_mode & 0o777 == 0o666 & ~current_umask()
+    assert not [p.name for p in model_copy.iterdir() if p.name.startswith(".")]
+
+
+def current_umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
