@@ -239,11 +239,14 @@ def check_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | 
 
 
 def validate(annotation: str | os.PathLike, image_folder: str | os.PathLike,
-             max_pixels: int = DEFAULT_MAX_PIXELS, check_images: bool = True) -> ValidationReport:
+             max_pixels: int = DEFAULT_MAX_PIXELS, check_images: bool = True,
+             records: list | None = None) -> ValidationReport:
     """Check an annotation file and the images it points to; return a ValidationReport.
 
     Nothing is raised for bad data - call `.raise_if_bad()` on the result for that. A missing
     image folder or unreadable annotation file is reported as a whole-file problem.
+    ``records`` checks records not yet written (reported under the name ``annotation``), so a
+    writer can validate before it publishes anything.
     """
     annotation, root = Path(annotation), Path(image_folder)
     report = ValidationReport(annotation, root)
@@ -252,7 +255,7 @@ def validate(annotation: str | os.PathLike, image_folder: str | os.PathLike,
                                        "that the 'image' paths are relative to"))
         return report
     try:
-        records = read_annotations(annotation)
+        records = read_annotations(annotation) if records is None else records
     except AnnotationFormatError as err:
         report.problems.append(Problem(None, str(annotation), str(err)))
         return report

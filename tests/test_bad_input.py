@@ -199,3 +199,52 @@ def current_umask():
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+from test_foodieqa import foodie  # noqa: E402,F401  (the FoodieQA fixture in the real layout)
+
+
+def test_foodieqa_with_no_usable_question_is_a_failure(foodie, tmp_path):
+    from labkit import foodieqa
+
+    out = tmp_path / "none.json"
+    with pytest.raises(ValueError, match=re.escape(str(foodie / foodieqa.QUESTIONS_FILE)) + ".*none of its 4"):
+        foodieqa.convert_foodieqa(foodie, out, question_types=["no-such-type"])
+    assert not out.exists()
+    (foodie / "images" / "cf_01.jpg").unlink()
+    (foodie / "images" / "yb_01.jpg").unlink()
+    done = run_cli("labkit.foodieqa", foodie, out)
+    assert done.returncode == 2 and "none of its 4 questions" in done.stderr and not out.exists()
+
+
+def test_foodieqa_validates_before_it_replaces_a_good_file(foodie, tmp_path):
+    from labkit import foodieqa
+    from labkit.validate import DataValidationError
+
+    out = tmp_path / "eval.json"
+    foodieqa.convert_foodieqa(foodie, out)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # readable by the course, as open() makes it
+    good = out.read_bytes()
+    (foodie / "images" / "cf_01.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a picture any more")
+    with pytest.raises(DataValidationError, match="cf_01.jpg"):
+        foodieqa.convert_foodieqa(foodie, out, overwrite=True)
+    assert out.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FoodieQA", "eval.json"]  # no temp file left
+    fresh = tmp_path / "fresh.json"
+    with pytest.raises(DataValidationError):
+        foodieqa.convert_foodieqa(foodie, fresh)
+    assert not fresh.exists()
+
+
+@pytest.mark.parametrize("content, said", [(b'[{"question": "x",', "line 1, column"),
+                                           (b'[{"question": "\xff\xfe"}]', "not UTF-8")],
+                         ids=["json-syntax", "bad-utf8"])
+def test_foodieqa_questions_file_errors_name_the_file(foodie, tmp_path, content, said):
+    from labkit import foodieqa
+
+    source = foodie / foodieqa.QUESTIONS_FILE
+    source.write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(str(source)) + ": " + said):
+        foodieqa.convert_foodieqa(foodie, tmp_path / "eval.json")
+    done = run_cli("labkit.foodieqa", foodie, tmp_path / "eval.json")
+    assert done.returncode == 2 and str(source) in done.stderr and "Traceback" not in done.stderr
