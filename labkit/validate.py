@@ -192,6 +192,11 @@ def image_path_of(record) -> tuple[str | None, str | None]:
 
 def check_image_path(rel: str, root: Path) -> tuple[Path | None, str | None]:
     """Resolve `rel` under `root`; refuse absolute paths, `..` and symlinks leading outside."""
+    bad = sorted({f"U+{ord(c):04X}" for c in rel if ord(c) < 32 or ord(c) == 127})
+    if bad:
+        nul = " (a NUL byte)" if "\0" in rel else ""
+        return None, (f"image path {rel!r} contains the control character(s) {', '.join(bad)}{nul}; no file can "
+                      "be named so: fix the path in the annotation")
     if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() or \
             PureWindowsPath(rel).drive:
         return None, f"image path {rel!r} is absolute; write it relative to the image folder"
@@ -272,7 +277,8 @@ def validate(annotation: str | os.PathLike, image_folder: str | os.PathLike,
             continue
         full, message = check_image_path(rel, root)
         if message:
-            report.problems.append(Problem(index, rel, message))
+            shown = rel if rel.isprintable() else ascii(rel)[1:-1]  # a NUL byte would garble the terminal
+            report.problems.append(Problem(index, shown, message))
             continue
         if check_images:
             if full not in verdicts:

@@ -248,3 +248,39 @@ def test_foodieqa_questions_file_errors_name_the_file(foodie, tmp_path, content,
         foodieqa.convert_foodieqa(foodie, tmp_path / "eval.json")
     done = run_cli("labkit.foodieqa", foodie, tmp_path / "eval.json")
     assert done.returncode == 2 and str(source) in done.stderr and "Traceback" not in done.stderr
+
+
+# == unclear errors: annotations ===============================================================
+def one_record_file(path, record):
+    path.write_text(json.dumps([record], ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def test_a_nul_byte_in_an_image_path_is_a_validation_problem(food_one, tmp_path):
+    from labkit.validate import validate
+
+    record = json.loads(Path(food_one["food"]["train"]).read_text(encoding="utf-8"))[0]
+    record["image"] = "food/train/a\0b.jpg"
+    annotation = one_record_file(tmp_path / "nul.json", record)
+    report = validate(annotation, food_one["image_folder"])  # used to raise "ValueError: embedded null byte"
+    assert not report.ok and "U+0000 (a NUL byte)" in report.summary() and "record 1" in report.summary()
+    assert "\0" not in report.summary()
+    done = run_cli("labkit.validate", annotation, "--image-folder", food_one["image_folder"])
+    assert done.returncode == 1 and "NUL byte" in done.stdout and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("turns", [None, [{"from": "human", "value": "<image>\n这是什么菜？"}]],
+                         ids=["no-conversations", "one-turn"])
+def test_evaluate_validates_the_file_before_loading_a_model(food_one, tmp_path, turns):
+    from labkit.evaluate import evaluate
+    from labkit.validate import DataValidationError
+
+    record = json.loads(Path(food_one["food"]["train"]).read_text(encoding="utf-8"))[0]
+    if turns is None:
+        record.pop("conversations")
+    else:
+        record["conversations"] = turns
+    annotation = one_record_file(tmp_path / "test.json", record)
+    # the model folder does not even exist: the file's problem is what must be reported
+    with pytest.raises(DataValidationError, match="(?s)" + re.escape(str(annotation)) + r".*record 1"):
+        evaluate(tmp_path / "no-model", annotation, food_one["image_folder"])
