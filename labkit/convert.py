@@ -540,6 +540,16 @@ def _check_paths(setup, pth_path, out_dir):
             raise ConversionError(f"{out_dir}: is (or contains) {name} {path}; write the merged model somewhere else.")
 
 
+def _check_out_dir(out_dir, overwrite):
+    """Before any weights are read: ``out_dir`` must be a folder (or not exist yet), empty unless ``overwrite``."""
+    from labkit import fileio
+
+    fileio.check_folder_target(out_dir, "output folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists and is not empty; choose a new folder or pass "
+                              "overwrite=True (--overwrite) to replace it.")
+
+
 def _dtype(value):
     if isinstance(value, torch.dtype):
         return value
@@ -560,6 +570,7 @@ def convert(config_path, pth_path, out_dir, overwrite=False, max_shard_size="2GB
     setup = read_train_setup(config_path)
     pth_path, out_dir, dtype = Path(pth_path), Path(out_dir), _dtype(dtype)
     _check_paths(setup, pth_path, out_dir)
+    _check_out_dir(out_dir, overwrite)
     weights = read_trained_weights(pth_path)
     pretrained = read_trained_weights(setup.pretrained_pth) if setup.pretrained_pth else None
     check_model_folder(setup.model_path)
@@ -666,7 +677,7 @@ def main(argv=None):
     try:
         convert(args.config, args.pth, args.out_dir, overwrite=args.overwrite, max_shard_size=args.max_shard_size,
                 verify=not args.no_verify, dtype=args.dtype)
-    except (ConversionError, CheckpointError, FileExistsError) as err:
+    except (ConversionError, CheckpointError, FileExistsError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

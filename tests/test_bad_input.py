@@ -329,3 +329,39 @@ def test_a_base_url_without_http_is_called_malformed():
         with pytest.raises(ChatInputError, match=re.escape(repr(url)) + " is malformed"):
             OpenAIEngine(url, model="x", timeout=5).ask("你好")
     assert OpenAIEngine("http://127.0.0.1:23333/v1/").base_url == "http://127.0.0.1:23333/v1"
+
+
+# == unclear errors: a file where a folder is expected =========================================
+def test_checkpoint_output_that_is_a_file(tmp_path):
+    out = tmp_path / "model"
+    out.write_text("my notes", encoding="utf-8")
+    done = run_cli("labkit.checkpoint", "--tiny", out)
+    assert done.returncode == 2 and f"{out}: is a file, not a folder" in done.stderr and "Traceback" not in done.stderr
+    assert out.read_text(encoding="utf-8") == "my notes"
+    check = run_cli("labkit.checkpoint", "--check", out)
+    assert check.returncode == 2 and f"{out}: is a file, not a model folder" in check.stderr
+
+
+def test_conversion_output_that_is_a_file_is_refused_before_reading_weights(tmp_path):
+    from labkit import settings
+    from labkit.convert import convert
+
+    config = settings.write_config(settings.tiny_lora_cpu().replace(model_path=str(base_model.ASSET_DIR)),
+                                   tmp_path / "config.py", num_samples=8)
+    out = tmp_path / "merged"
+    out.write_text("my notes", encoding="utf-8")
+    with pytest.raises(NotADirectoryError, match=re.escape(str(out)) + ": is a file"):
+        convert(config, tmp_path / "iter_1.pth", out)  # the .pth does not exist: never read
+    assert out.read_text(encoding="utf-8") == "my notes"
+
+
+def test_run_dir_that_is_a_file(tmp_path):
+    from labkit.workspace import Workspace
+
+    run = tmp_path / "run"
+    run.write_text("my notes", encoding="utf-8")
+    done = run_cli("labkit.course", "--run-dir", run, "--cache-dir", tmp_path / "cache")
+    assert done.returncode == 2 and f"{run}: is a file, not a folder" in done.stderr and "Traceback" not in done.stderr
+    with pytest.raises(NotADirectoryError, match=re.escape(str(run))):
+        Workspace(run / "inside", tmp_path / "cache")
+    assert run.read_text(encoding="utf-8") == "my notes"
