@@ -76,7 +76,7 @@ def load_config(path):
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: not valid JSON ({err}); restore the file or rebuild the checkpoint.") from None
     if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: holds a JSON {type(config).__name__}, not an object of settings "
+        raise CheckpointError(f"{path}: holds a JSON {fileio.json_kind(config)}, not an object of settings "
                               "({\"key\": value, ...}); restore the file or rebuild the checkpoint.")
     return config
 

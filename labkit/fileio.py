@@ -123,6 +123,16 @@ def copy_file(source, path) -> Path:
     return path
 
 
+def json_kind(value) -> str:
+    """What a parsed JSON value is, in JSON's own words: object, array, string, number, true/false, null."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(type(value),
+                                                                                              type(value).__name__)
+
+
 # -- folders --------------------------------------------------------------------------------
 def check_folder_target(path, what="output folder"):
     """Refuse a target folder that is a file, or lies inside one, naming it."""

@@ -239,9 +239,17 @@ def _load_config_dict(config) -> tuple[dict, str]:
     if not path.is_file():
         raise ValueError(f"{path} does not exist: pass the checkpoint folder or its config.json.")
     try:
-        return json.loads(path.read_text(encoding="utf-8")), str(path)
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err}); re-create the checkpoint.") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); re-create the checkpoint.") from err
+    if not isinstance(data, dict):
+        from labkit.fileio import json_kind
+
+        raise ValueError(f"{path} holds a JSON {json_kind(data)}, not an object of settings "
+                         "({\"vision_config\": ..., \"llm_config\": ...}); pass an InternVL2 config.json.")
+    return data, str(path)
 
 
 def _get(cfg: dict, where: str, *keys: str, default=None):

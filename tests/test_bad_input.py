@@ -365,3 +365,19 @@ def test_run_dir_that_is_a_file(tmp_path):
     with pytest.raises(NotADirectoryError, match=re.escape(str(run))):
         Workspace(run / "inside", tmp_path / "cache")
     assert run.read_text(encoding="utf-8") == "my notes"
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"InternVL2"', "null"], ids=["list", "string", "null"])
+def test_a_config_json_that_is_not_an_object_is_named(tmp_path, text):
+    from labkit import plan
+    from labkit.tiling import tiling_from_config
+
+    config = tmp_path / "config.json"
+    config.write_text(text, encoding="utf-8")
+    done = run_cli("labkit.checkpoint", "--config", config, tmp_path / "out")
+    assert done.returncode == 2 and f"{config}: holds a JSON" in done.stderr and "not an object" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match=re.escape(str(config)) + " holds a JSON .*not an object"):
+        plan.estimate(config)
+    with pytest.raises(ValueError, match=re.escape(str(config)) + " holds a JSON .*not an object"):
+        tiling_from_config(config)
