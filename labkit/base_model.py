@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -128,6 +127,7 @@ def build(out_dir, seed=DEFAULT_SEED, data_root=None, work_dir=None, overwrite=F
     `labkit.data.build_datasets`. ``work_dir`` keeps the intermediate files (else a temporary
     folder, removed at the end).
     """
+    from labkit import fileio
     from labkit.checkpoint import _prepare_out_dir, _publish, write_checkpoint
     from labkit.convert import convert
     from labkit.data import build_datasets
@@ -171,7 +171,7 @@ def build(out_dir, seed=DEFAULT_SEED, data_root=None, work_dir=None, overwrite=F
             "settings": {k: v for k, v in asdict(settings).items() if k not in ("model_path", "data_paths",
                                                                                   "image_folder")},
         }
-        (stage / REPORT_NAME).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        fileio.write_json(stage / REPORT_NAME, report)
         _publish(stage, out_dir)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

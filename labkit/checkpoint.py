@@ -14,11 +14,9 @@ CLI::
 """
 import argparse
 import json
-import os
 import shutil
 import struct
 import sys
-import tempfile
 from pathlib import Path
 
 import torch

@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from labkit import fileio
 from labkit.checkpoint import (
     CheckpointError,
     _prepare_out_dir,
@@ -578,8 +579,7 @@ def convert(config_path, pth_path, out_dir, overwrite=False, max_shard_size="2GB
     try:
         report = _convert_into(setup, weights, pretrained, pth_path, tmp_dir, max_shard_size, verify, dtype)
         report.out_dir, report.seconds = str(out_dir), round(time.time() - started, 2)
-        (tmp_dir / REPORT_NAME).write_text(json.dumps(asdict(report), indent=2, ensure_ascii=False) + "\n",
-                                           encoding="utf-8")
+        fileio.write_json(tmp_dir / REPORT_NAME, asdict(report))
         _publish(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)

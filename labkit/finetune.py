@@ -363,7 +363,7 @@ def train(settings: Settings, work_dir, progress=True, on_loss=None, overwrite=F
     work_dir = prepare_work_dir(work_dir, overwrite)
     planned = settings.planned_iterations(num_samples)
     marker = {"settings": asdict(settings), "num_samples": num_samples, "planned_iterations": planned}
-    (work_dir / MARKER).write_text(json.dumps(marker, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    _write_json(work_dir / MARKER, marker)
     config_path = write_config(settings, work_dir / CONFIG_NAME, num_samples=num_samples)
     log_path = work_dir / LOG_NAME
     started = time.monotonic()
@@ -393,6 +393,6 @@ def load_result(work_dir) -> TrainResult:
 
 
 def _write_json(path, data):
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from labkit import fileio
+
+    fileio.write_json(path, data)

@@ -24,7 +24,6 @@ import difflib
 import math
 import os
 import sys
-import tempfile
 import typing
 from dataclasses import dataclass, field, fields
 from dataclasses import replace as _dc_replace
@@ -585,15 +584,9 @@ def render_config(settings: Settings, num_samples: int | None = None) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from labkit import fileio
+
+    fileio.write_text(path, text)
 
 
 def write_config(settings: Settings, path, num_samples: int | None = None) -> Path:
