@@ -14,6 +14,7 @@ CLI::
 """
 import argparse
 import json
+import re
 import shutil
 import struct
 import sys
@@ -109,6 +110,19 @@ def _publish(tmp_dir, out_dir):
     fileio.publish_folder(tmp_dir, out_dir)
 
 
+def check_shard_size(value):
+    """``max_shard_size`` as transformers takes it: bytes (> 0) or text such as "2GB" / "200MB"; else CheckpointError."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        ok = value > 0
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB|TB)\s*", value, re.IGNORECASE) if isinstance(value, str) else None
+        ok = bool(match) and float(match.group(1)) > 0
+    if not ok:
+        raise CheckpointError(f"max_shard_size {value!r}: give a positive size such as '2GB' or '200MB' "
+                              "(units KB, MB, GB, TB), or a number of bytes.")
+    return value
+
+
 def finish_folder(folder, tokenizer, dtype=None):
     """Make a saved model folder official: auto_map, remote code, tokenizer, generation config.
 
@@ -135,6 +149,7 @@ def finish_folder(folder, tokenizer, dtype=None):
 def write_checkpoint(out_dir, config=None, tokenizer=None, seed=0, dtype=torch.bfloat16, overwrite=False,
                      max_shard_size="2GB", model=None):
     """Write a complete official-format folder; atomically (temp folder, then rename)."""
+    check_shard_size(max_shard_size)
     tokenizer = tokenizer or train_tokenizer(course_texts(), vocab_size=TINY_VOCAB)
     if missing_tokens(tokenizer):
         raise CheckpointError(f"The tokenizer lacks the special tokens {missing_tokens(tokenizer)}.")

@@ -56,6 +56,7 @@ from labkit.checkpoint import (
     _prepare_out_dir,
     _publish,
     check_model_folder,
+    check_shard_size,
     finish_folder,
     load_checkpoint,
 )
@@ -572,6 +573,7 @@ def convert(config_path, pth_path, out_dir, overwrite=False, max_shard_size="2GB
     pth_path, out_dir, dtype = Path(pth_path), Path(out_dir), _dtype(dtype)
     _check_paths(setup, pth_path, out_dir)
     _check_out_dir(out_dir, overwrite)
+    check_shard_size(max_shard_size)
     weights = read_trained_weights(pth_path)
     pretrained = read_trained_weights(setup.pretrained_pth) if setup.pretrained_pth else None
     check_model_folder(setup.model_path)

@@ -142,6 +142,9 @@ def evaluate(model_dir, annotation, image_folder, max_new_tokens=16, limit=None,
 
     from labkit.validate import validate
 
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit={limit!r}: give a whole number of samples >= 1, or None for all of them "
+                         "(a negative limit would silently leave out the last samples).")
     # The cheap checks first: the file and its pictures, then every reference answer, then the model.
     validate(annotation, image_folder).raise_if_bad()
     samples = load_samples(annotation)[:limit]

@@ -133,6 +133,9 @@ def check_data(settings: Settings) -> int:
 
     total = 0
     for path in settings.data_paths:
+        if Path(path).is_dir():
+            raise IsADirectoryError(f"{path}: is a folder, not an annotation file (setting data_paths); name the "
+                                    ".json or .jsonl file inside it.")
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: annotation file not found (setting data_paths). Build the data "
                                     "with labkit.data.build_datasets or point data_paths at your file.")

@@ -381,3 +381,32 @@ def test_a_config_json_that_is_not_an_object_is_named(tmp_path, text):
         plan.estimate(config)
     with pytest.raises(ValueError, match=re.escape(str(config)) + " holds a JSON .*not an object"):
         tiling_from_config(config)
+
+
+# == further bad inputs found while fixing the above ===========================================
+@pytest.mark.parametrize("size", ["0GB", "-1GB", "abc"])
+def test_a_shard_size_that_is_not_positive_is_refused_before_anything_is_read(tmp_path, size):
+    from labkit import settings
+    from labkit.convert import convert
+
+    config = settings.write_config(settings.tiny_lora_cpu().replace(model_path=str(base_model.ASSET_DIR)),
+                                   tmp_path / "config.py", num_samples=8)
+    with pytest.raises(CheckpointError, match=re.escape(f"max_shard_size {size!r}")):
+        convert(config, tmp_path / "iter_1.pth", tmp_path / "out", max_shard_size=size)  # .pth never read
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("limit", [-1, 0])
+def test_evaluate_refuses_a_limit_that_would_drop_samples_silently(food_one, limit):
+    from labkit.evaluate import evaluate
+
+    with pytest.raises(ValueError, match=f"limit={limit}"):
+        evaluate(base_model.ASSET_DIR, food_one["food"]["train"], food_one["image_folder"], limit=limit)
+
+
+def test_a_folder_given_as_annotation_file_is_named(food_one):
+    from labkit import finetune
+
+    s = xtuner_model_type_settings(food_one, data_paths=str(food_one["image_folder"]))
+    with pytest.raises(IsADirectoryError, match=re.escape(str(food_one["image_folder"])) + ": is a folder"):
+        finetune.check_data(s)
