@@ -9,7 +9,8 @@ What `train` does, step by step:
 
 1. Check the inputs before anything slow starts: the model folder is a complete checkpoint,
    every annotation file passes `labkit.validate` (XTuner would silently swap a broken sample
-   for a random other one), and the work folder holds no finished run.
+   for a random other one), ``max_length`` holds every picture's image tokens
+   (`check_max_length`), and the work folder holds no finished run.
 2. Plan: count the samples and compute how many iterations XTuner will run
    (`Settings.planned_iterations`), then render the XTuner config into the work folder with
    that plan (`labkit.settings.render_config`).
@@ -17,8 +18,8 @@ What `train` does, step by step:
    through ``torchrun`` + DeepSpeed). Its output streams into ``train.log``; a progress bar and
    the optional ``on_loss(iteration, loss)`` callback follow the logged iterations.
 4. Decide success from evidence, not from hope: exit code 0, no Python traceback in the log,
-   the log reached the planned iteration, and ``iter_<planned>.pth`` exists. Anything else
-   raises `TrainingError` with the end of the log.
+   the log reached the planned iteration, ``iter_<planned>.pth`` exists, and every logged loss
+   is finite (`check_losses`). Anything else raises `TrainingError` with the end of the log.
 5. Save the loss curve (``loss.png``) and a ``result.json`` that marks the folder finished.
 
 The work folder then holds ``config.py`` (the rendered XTuner config), ``train.log``,
