@@ -96,13 +96,25 @@ def generation_config_dict(tokenizer):
 
 def _prepare_out_dir(out_dir, overwrite):
     """Refuse a non-empty ``out_dir`` (unless ``overwrite``) or a file; return it and a new temp folder beside it."""
-    out_dir = fileio.check_folder_target(Path(out_dir), "model folder")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} already exists and is not empty; choose a new folder or pass overwrite=True "
-            "(--overwrite) to replace it."
-        )
+    out_dir = check_out_dir(out_dir, overwrite)
     return out_dir, fileio.make_stage(out_dir, "model folder")
+
+
+def check_out_dir(out_dir, overwrite):
+    """A model folder to write: new, empty, or (with ``overwrite``) a model folder; never someone else's folder."""
+    out_dir = fileio.check_folder_target(Path(out_dir), "model folder")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{out_dir} already exists and is not empty; choose a new folder or pass overwrite=True "
+                "(--overwrite) to replace it."
+            )
+        if not (out_dir / "config.json").is_file():
+            raise FileExistsError(
+                f"{out_dir} is not empty and holds no config.json, so it is not a model folder; labkit will not "
+                "replace it even with overwrite. Choose a new or empty folder."
+            )
+    return out_dir
 
 
 def _publish(tmp_dir, out_dir):

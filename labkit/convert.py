@@ -56,6 +56,7 @@ from labkit.checkpoint import (
     _prepare_out_dir,
     _publish,
     check_model_folder,
+    check_out_dir,
     check_shard_size,
     finish_folder,
     load_checkpoint,
@@ -543,13 +544,8 @@ def _check_paths(setup, pth_path, out_dir):
 
 
 def _check_out_dir(out_dir, overwrite):
-    """Before any weights are read: ``out_dir`` must be a folder (or not exist yet), empty unless ``overwrite``."""
-    from labkit import fileio
-
-    fileio.check_folder_target(out_dir, "output folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists and is not empty; choose a new folder or pass "
-                              "overwrite=True (--overwrite) to replace it.")
+    """Before any weights are read: ``out_dir`` is new, empty, or (with ``overwrite``) a model folder."""
+    check_out_dir(out_dir, overwrite)
 
 
 def _dtype(value):

@@ -410,3 +410,13 @@ def test_a_folder_given_as_annotation_file_is_named(food_one):
     s = xtuner_model_type_settings(food_one, data_paths=str(food_one["image_folder"]))
     with pytest.raises(IsADirectoryError, match=re.escape(str(food_one["image_folder"])) + ": is a folder"):
         finetune.check_data(s)
+
+
+def test_overwrite_never_replaces_a_folder_that_is_not_a_model(tmp_path):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.txt").write_text("precious", encoding="utf-8")
+    done = run_cli("labkit.checkpoint", "--tiny", notes, "--overwrite")
+    assert done.returncode == 2 and "holds no config.json, so it is not a model folder" in done.stderr
+    assert sorted(p.name for p in notes.iterdir()) == ["thesis.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]  # no temporary folder left
