@@ -120,6 +120,10 @@ def read_annotations(path: str | os.PathLike) -> list:
         raise AnnotationFormatError(f"{path}: no such annotation file; check the path.") from None
     except UnicodeDecodeError as err:
         raise AnnotationFormatError(f"{path}: not UTF-8 text ({err}); save it as UTF-8.") from None
+    if text.startswith("\ufeff"):
+        raise AnnotationFormatError(
+            f"{path}: starts with a byte-order mark (BOM, as Windows editors save 'UTF-8 with BOM'), which "
+            "XTuner's JSON reader refuses; save the file as plain UTF-8 (without BOM).")
     if path.suffix == ".jsonl":
         records = []
         for number, line in enumerate(text.splitlines(), start=1):

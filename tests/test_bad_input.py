@@ -420,3 +420,12 @@ def test_overwrite_never_replaces_a_folder_that_is_not_a_model(tmp_path):
     assert done.returncode == 2 and "holds no config.json, so it is not a model folder" in done.stderr
     assert sorted(p.name for p in notes.iterdir()) == ["thesis.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]  # no temporary folder left
+
+
+def test_an_annotation_file_with_a_byte_order_mark_gets_its_own_advice(tmp_path):
+    from labkit.validate import AnnotationFormatError, read_annotations
+
+    annotation = tmp_path / "train.json"
+    annotation.write_bytes(b"\xef\xbb\xbf[]")
+    with pytest.raises(AnnotationFormatError, match=re.escape(str(annotation)) + ": starts with a byte-order mark"):
+        read_annotations(annotation)
