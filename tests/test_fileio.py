@@ -92,6 +92,7 @@ def test_a_written_checkpoint_is_readable_by_others_and_spares_dot_old(tmp_path,
 
     out = tmp_path / "model"
     out.mkdir()
+    (out / "config.json").write_text("{}", encoding="utf-8")  # an older model folder
     (out / "stale.txt").write_text("replaced", encoding="utf-8")
     mine = tmp_path / ".model.old"
     mine.mkdir()
