@@ -543,11 +543,6 @@ def _check_paths(setup, pth_path, out_dir):
             raise ConversionError(f"{out_dir}: is (or contains) {name} {path}; write the merged model somewhere else.")
 
 
-def _check_out_dir(out_dir, overwrite):
-    """Before any weights are read: ``out_dir`` is new, empty, or (with ``overwrite``) a model folder."""
-    check_out_dir(out_dir, overwrite)
-
-
 def _dtype(value):
     if isinstance(value, torch.dtype):
         return value
@@ -568,7 +563,7 @@ def convert(config_path, pth_path, out_dir, overwrite=False, max_shard_size="2GB
     setup = read_train_setup(config_path)
     pth_path, out_dir, dtype = Path(pth_path), Path(out_dir), _dtype(dtype)
     _check_paths(setup, pth_path, out_dir)
-    _check_out_dir(out_dir, overwrite)
+    check_out_dir(out_dir, overwrite)  # before any weights are read: new, empty, or a model folder to replace
     check_shard_size(max_shard_size)
     weights = read_trained_weights(pth_path)
     pretrained = read_trained_weights(setup.pretrained_pth) if setup.pretrained_pth else None

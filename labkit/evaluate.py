@@ -139,7 +139,6 @@ def evaluate(model_dir, annotation, image_folder, max_new_tokens=16, limit=None,
 
     from labkit.checkpoint import load_checkpoint
     from labkit.data import answer_dish, load_samples
-
     from labkit.validate import validate
 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
