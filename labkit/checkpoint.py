@@ -14,6 +14,7 @@ CLI::
 """
 import argparse
 import json
+import math
 import re
 import shutil
 import struct
@@ -35,6 +36,10 @@ AUTO_MAP = {
 }
 LABKIT_TEMPLATE = "internlm2-chat-xtuner"
 TINY_VOCAB = 1200
+
+
+SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+                           "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 class CheckpointError(ValueError):
@@ -197,17 +202,29 @@ def _safetensors_header(path):
             header = json.loads(handle.read(header_len))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise CheckpointError(f"{path}: the safetensors header is not valid JSON; the file is corrupt.") from None
-    if not isinstance(header, dict) or not all(
-            isinstance(v, dict) and isinstance(v.get("shape"), list) and isinstance(v.get("data_offsets"), list)
-            and len(v["data_offsets"]) == 2 for k, v in header.items() if k != "__metadata__"):
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"} if isinstance(header, dict) else None
+
+    def whole_numbers(values, length=None):
+        return (isinstance(values, list) and (length is None or len(values) == length)
+                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in values))
+
+    if tensors is None or not all(isinstance(v, dict) and whole_numbers(v.get("shape"))
+                                  and whole_numbers(v.get("data_offsets"), 2) for v in tensors.values()):
         raise CheckpointError(f"{path}: the safetensors header does not describe tensors; the file is corrupt.")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    for name, entry in tensors.items():
+        width, (first, last) = SAFETENSORS_DTYPE_BYTES.get(entry.get("dtype")), entry["data_offsets"]
+        if width is not None and last - first != width * math.prod(entry["shape"]):
+            raise CheckpointError(
+                f"{path}: tensor {name} is {entry['dtype']} {tuple(entry['shape'])}, which takes "
+                f"{width * math.prod(entry['shape'])} bytes, but the header gives it {last - first}; the file is "
+                "corrupt. Copy or convert it again.")
+    end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
     if 8 + header_len + end > size:
         raise CheckpointError(
             f"{path}: holds {size} bytes but its tensors need {8 + header_len + end}; the file is truncated "
             "(an interrupted copy or download?). Copy or convert it again."
         )
-    return {k: v for k, v in header.items() if k != "__metadata__"}
+    return tensors
 
 
 def _check_safetensors(path):

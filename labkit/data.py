@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = build_datasets(args.out_root, seed=args.seed, sizes=args.sizes,
                                 overwrite=args.overwrite, held_back_factor=args.held_back_factor)
-    except (FileExistsError, ValueError) as err:
+    except (FileExistsError, NotADirectoryError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     manifest = json.loads(result["manifest"].read_text(encoding="utf-8"))

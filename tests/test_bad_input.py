@@ -429,3 +429,28 @@ def test_an_annotation_file_with_a_byte_order_mark_gets_its_own_advice(tmp_path)
     annotation.write_bytes(b"\xef\xbb\xbf[]")
     with pytest.raises(AnnotationFormatError, match=re.escape(str(annotation)) + ": starts with a byte-order mark"):
         read_annotations(annotation)
+
+
+def test_a_safetensors_header_whose_sizes_disagree_is_named(model_copy):
+    import struct
+
+    path = model_copy / "model.safetensors"
+    raw = path.read_bytes()
+    length = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + length])
+    name = "mlp1.1.weight"
+    rows, cols = header[name]["shape"]
+    header[name]["shape"] = [rows // 2, cols]  # a half-sized tensor on the same bytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    assert len(text) <= length
+    text += b" " * (length - len(text))  # same header length: the file's size stays right
+    path.write_bytes(raw[:8] + text + raw[8 + length:])
+    with pytest.raises(CheckpointError, match=re.escape(str(path)) + f": tensor {re.escape(name)} is BF16"):
+        check_model_folder(model_copy)
+
+
+def test_data_build_inside_a_file_is_a_clear_error(tmp_path):
+    notes = tmp_path / "notes"
+    notes.write_text("mine", encoding="utf-8")
+    done = run_cli("labkit.data", "build", notes / "data")
+    assert done.returncode == 2 and f"{notes}: is a file" in done.stderr and "Traceback" not in done.stderr
