@@ -454,3 +454,12 @@ def test_data_build_inside_a_file_is_a_clear_error(tmp_path):
     notes.write_text("mine", encoding="utf-8")
     done = run_cli("labkit.data", "build", notes / "data")
     assert done.returncode == 2 and f"{notes}: is a file" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("name, value", [("weight_decay", math.nan), ("weight_decay", math.inf),
+                                         ("max_norm", math.inf)])
+def test_settings_refuse_nan_and_infinity(name, value):
+    from labkit import settings
+
+    with pytest.raises(settings.SettingsError, match=f"setting {name}={value!r} is not allowed"):
+        settings.tiny_lora_cpu().replace(**{name: value})
