@@ -535,13 +535,15 @@ class LMDeployEngine(ChatEngine):
                  max_pixels=DEFAULT_MAX_PIXELS, engine_options=None):
         if backend not in ("turbomind", "pytorch"):
             raise ValueError(f"backend={backend!r}: LMDeploy offers 'turbomind' or 'pytorch'.")
+        from labkit.checkpoint import check_model_folder
+
+        config = check_model_folder(model_dir)  # a missing or broken folder is named before LMDeploy starts
         lmdeploy = _import_lmdeploy()
         if "ipykernel" in sys.modules:  # Jupyter already runs an event loop; LMDeploy needs its own
             import nest_asyncio
 
             nest_asyncio.apply()
         self.model_dir, self.engine_backend, self.max_pixels = Path(model_dir), backend, max_pixels
-        config = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8"))
         self.template = resolve_template(template or config.get("template"))
         self.system = system
         self.tiling = tiling_from_config(config)
@@ -841,7 +843,7 @@ def main(argv=None):
         for piece in engine.stream(args.question, picture, settings=settings):
             print(piece, end="", flush=True)
         print()
-    except (ChatInputError, CheckpointError) as err:
+    except (ChatInputError, CheckpointError, ImportError) as err:  # ImportError: LMDeploy missing or broken
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -463,3 +463,15 @@ def test_settings_refuse_nan_and_infinity(name, value):
 
     with pytest.raises(settings.SettingsError, match=f"setting {name}={value!r} is not allowed"):
         settings.tiny_lora_cpu().replace(**{name: value})
+
+
+def test_chat_cli_with_lmdeploy_where_it_cannot_run(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("lmdeploy") is not None:
+        pytest.skip("LMDeploy is installed here; this checks the message where it is not")
+    missing = run_cli("labkit.chat", tmp_path / "no-model", "你好", "--backend", "lmdeploy")
+    assert missing.returncode == 2 and "no-model: no such model folder" in missing.stderr
+    absent = run_cli("labkit.chat", base_model.ASSET_DIR, "你好", "--backend", "lmdeploy")
+    assert absent.returncode == 2 and "LMDeploy is not installed" in absent.stderr
+    assert "Traceback" not in missing.stderr + absent.stderr
