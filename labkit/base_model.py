@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -132,6 +131,7 @@ def build(out_dir, seed=DEFAULT_SEED, data_root=None, work_dir=None, overwrite=F
     `labkit.data.build_datasets`. ``work_dir`` keeps the intermediate files (else a temporary
     folder, removed at the end).
     """
+    from labkit import fileio
     from labkit.checkpoint import _prepare_out_dir, _publish, write_checkpoint
     from labkit.convert import convert
     from labkit.data import build_datasets
@@ -175,7 +175,7 @@ def build(out_dir, seed=DEFAULT_SEED, data_root=None, work_dir=None, overwrite=F
             "settings": {k: v for k, v in asdict(settings).items() if k not in ("model_path", "data_paths",
                                                                                   "image_folder")},
         }
-        (stage / REPORT_NAME).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        fileio.write_json(stage / REPORT_NAME, report)
         _publish(stage, out_dir)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -203,15 +203,38 @@ def refresh_code(model_dir) -> list[str]:
     For a fix in the model code that keeps parameter names and shapes. If the weights no longer
     load or answer afterwards (`check` fails), rebuild instead.
     """
+    from labkit import fileio
     from labkit import model as model_code
 
+    _check_code_target(model_dir)
     code_dir = Path(model_code.__file__).parent
     changed = stale_code(model_dir)
     for name in changed:
-        tmp = Path(model_dir) / f".{name}.tmp"
-        shutil.copyfile(code_dir / name, tmp)
-        os.replace(tmp, Path(model_dir) / name)
+        fileio.copy_file(code_dir / name, Path(model_dir) / name)
     return changed
+
+
+def _check_code_target(model_dir) -> None:
+    """Only an InternVL2 checkpoint folder gets model code: config.json with both parts, and weights."""
+    from labkit.checkpoint import CheckpointError, load_config
+
+    folder = Path(model_dir)
+    if not folder.exists():
+        raise CheckpointError(f"{folder}: no such folder; pass the model folder whose code should be refreshed "
+                              "(e.g. labkit/assets/base-tiny).")
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: is a file, not a model folder; nothing was written.")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path}: missing, so {folder} is not a model folder; nothing was written. "
+                              "Pass a checkpoint folder (config.json, model.safetensors, tokenizer).")
+    config = load_config(config_path)
+    if not all(isinstance(config.get(key), dict) for key in ("vision_config", "llm_config")):
+        raise CheckpointError(f"{config_path}: has no vision_config and llm_config, so {folder} is not an InternVL2 "
+                              "checkpoint; nothing was written.")
+    if not ((folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()):
+        raise CheckpointError(f"{folder}: holds no model.safetensors (or index), so it is not a model folder; "
+                              "nothing was written.")
 
 
 def default_cache_dir() -> Path:
@@ -255,11 +278,23 @@ def main(argv=None) -> int:
     c.add_argument("--data", help="data folder (default: build the seed-0 data into a temporary folder)")
     args = parser.parse_args(argv)
     if args.action == "build":
-        build(args.out_dir, seed=args.seed, data_root=args.data, work_dir=args.work_dir, overwrite=args.overwrite,
-              cpu_threads=args.threads, start=args.start)
+        from labkit.checkpoint import CheckpointError
+
+        try:
+            build(args.out_dir, seed=args.seed, data_root=args.data, work_dir=args.work_dir,
+                  overwrite=args.overwrite, cpu_threads=args.threads, start=args.start)
+        except (CheckpointError, FileExistsError, NotADirectoryError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         return 0
     if args.action == "refresh-code":
-        changed = refresh_code(args.model_dir)
+        from labkit.checkpoint import CheckpointError
+
+        try:
+            changed = refresh_code(args.model_dir)
+        except CheckpointError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(f"updated {', '.join(changed)}" if changed else "the model code was already current")
         return 0
     data_root, scratch = args.data, None

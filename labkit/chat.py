@@ -575,13 +575,15 @@ class LMDeployEngine(ChatEngine):
                  max_pixels=DEFAULT_MAX_PIXELS, engine_options=None):
         if backend not in ("turbomind", "pytorch"):
             raise ValueError(f"backend={backend!r}: LMDeploy offers 'turbomind' or 'pytorch'.")
+        from labkit.checkpoint import check_model_folder
+
+        config = check_model_folder(model_dir)  # a missing or broken folder is named before LMDeploy starts
         lmdeploy = _import_lmdeploy()
         if "ipykernel" in sys.modules:  # Jupyter already runs an event loop; LMDeploy needs its own
             import nest_asyncio
 
             nest_asyncio.apply()
         self.model_dir, self.engine_backend, self.max_pixels = Path(model_dir), backend, max_pixels
-        config = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8"))
         self.templates = FolderTemplates(self.model_dir)
         self.template = resolve_template(template or config.get("template"), self.templates)
         self.system = system
@@ -635,7 +637,7 @@ class OpenAIEngine(ChatEngine):
 
     def __init__(self, base_url="http://127.0.0.1:23333/v1", model=None, api_key="none", timeout=600,
                  system=None, max_pixels=DEFAULT_MAX_PIXELS):
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_base_url(base_url)
         self._model, self.api_key, self.timeout = model, api_key, timeout
         self.system, self.max_pixels, self.template = system, max_pixels, "the server's"
 
@@ -718,6 +720,25 @@ class OpenAIEngine(ChatEngine):
             return text
         return re.sub(r'"data:([^;"]+);base64,([^"]{40})[^"]*"',
                       lambda m: f'"data:{m.group(1)};base64,{m.group(2)}..."', text)
+
+
+def check_base_url(base_url) -> str:
+    """A server address such as ``http://127.0.0.1:23333/v1`` (no trailing slash); ChatInputError if malformed."""
+    import urllib.parse
+
+    if not isinstance(base_url, str) or not base_url.strip():
+        raise ChatInputError(f"base_url {base_url!r} is not a URL: write e.g. 'http://127.0.0.1:23333/v1'.")
+    url = base_url.strip().rstrip("/")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # a port that is not a number raises ValueError
+    except ValueError as err:
+        raise ChatInputError(f"base_url {base_url!r} is malformed ({err}): write e.g. 'http://127.0.0.1:23333/v1'.") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        hint = "http://127.0.0.1:23333/v1" if "://" in url else "http://" + url
+        raise ChatInputError(f"base_url {base_url!r} is malformed: a server address starts with http:// or https:// "
+                             f"and names a host, e.g. {hint!r}.")
+    return url
 
 
 def _error_message(err: urllib.error.HTTPError) -> str:
@@ -837,36 +858,49 @@ def main(argv=None):
     parser.add_argument("--lmdeploy-template", metavar="JSON",
                         help="only write the model's template as a JSON file for `lmdeploy serve api_server --chat-template`")
     args = parser.parse_args(argv)
+    from labkit.checkpoint import CheckpointError, load_config
+
     try:
         if args.lmdeploy_template:
-            config = json.loads((Path(args.model_dir) / "config.json").read_text(encoding="utf-8"))
-            fields = lmdeploy_chat_template(args.template or config.get("template"), None,
-                                            FolderTemplates(args.model_dir))
+            folder = Path(args.model_dir)
+            if not folder.is_dir():
+                raise ChatInputError(f"{folder}: no such model folder (or not a folder); pass the checkpoint "
+                                     "folder whose config.json names the template.")
+            config = load_config(folder / "config.json")
+            fields = lmdeploy_chat_template(args.template or config.get("template"), None, FolderTemplates(folder))
             _write_text(args.lmdeploy_template, json.dumps(fields, ensure_ascii=False, indent=2) + "\n")
             print(f"wrote {args.lmdeploy_template}")
             return 0
+        # The cheap checks first: settings, question and picture, before the model loads (seconds).
         settings = Settings(args.max_new_tokens, args.temperature, args.top_p)
+        check_question(args.question)
+        picture = read_image(args.image) if args.image else None
         kwargs = {"template": args.template} if args.template else {}
+        if args.template:
+            resolve_template(args.template)
         engine = make_engine(args.model_dir, args.backend, **kwargs)
         if args.show_prompt:
-            print(engine.prompt(args.question, args.image), "\n" + "-" * 40)
-        for piece in engine.stream(args.question, args.image, settings=settings):
+            print(engine.prompt(args.question, picture), "\n" + "-" * 40)
+        for piece in engine.stream(args.question, picture, settings=settings):
             print(piece, end="", flush=True)
         print()
-    except ChatInputError as err:
+    except (ChatInputError, CheckpointError, ImportError) as err:  # ImportError: LMDeploy missing or broken
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
 
 
 def _write_text(path, text):
-    """Write atomically (temp file + rename); refuse to replace an existing file."""
+    """Write atomically (labkit.fileio); refuse to replace an existing file."""
+    from labkit import fileio
+
     path = Path(path)
     if path.exists():
         raise ChatInputError(f"{path} already exists; choose another name or delete it first.")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        fileio.write_text(path, text)
+    except (IsADirectoryError, NotADirectoryError) as err:
+        raise ChatInputError(str(err)) from None
 
 
 if __name__ == "__main__":

@@ -14,15 +14,16 @@ CLI::
 """
 import argparse
 import json
-import os
+import math
+import re
 import shutil
 import struct
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
+from labkit import fileio
 from labkit import model as model_code
 from labkit.remote_code import RemoteCodeError, adapt_for_generation, check_imports, quiet_generation_warning
 from labkit.tokenizer import course_texts, missing_tokens, train_tokenizer
@@ -36,6 +37,10 @@ AUTO_MAP = {
 }
 LABKIT_TEMPLATE = "internlm2-chat-xtuner"
 TINY_VOCAB = 1200
+
+
+SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+                           "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 class CheckpointError(ValueError):
@@ -62,13 +67,23 @@ def tiny_config(vocab_size=TINY_VOCAB):
 
 
 def load_config(path):
+    """A JSON object (config.json, an index, tokenizer_config.json); CheckpointError naming the file otherwise."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; pass the config.json file (or the model folder where one is "
+                              "expected).")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: config file not found.") from None
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{path}: not UTF-8 text ({err}); restore the file or rebuild the checkpoint.") from None
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: not valid JSON ({err}); restore the file or rebuild the checkpoint.") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: holds a JSON {fileio.json_kind(config)}, not an object of settings "
+                              "({\"key\": value, ...}); restore the file or rebuild the checkpoint.")
+    return config
 
 
 def build_model(config, seed=0, dtype=torch.float32, device="cpu"):
@@ -86,26 +101,44 @@ def generation_config_dict(tokenizer):
 
 
 def _prepare_out_dir(out_dir, overwrite):
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} already exists and is not empty; choose a new folder or pass overwrite=True "
-            "(--overwrite) to replace it."
-        )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return out_dir, Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    """Refuse a non-empty ``out_dir`` (unless ``overwrite``) or a file; return it and a new temp folder beside it."""
+    out_dir = check_out_dir(out_dir, overwrite)
+    return out_dir, fileio.make_stage(out_dir, "model folder")
+
+
+def check_out_dir(out_dir, overwrite):
+    """A model folder to write: new, empty, or (with ``overwrite``) a model folder; never someone else's folder."""
+    out_dir = fileio.check_folder_target(Path(out_dir), "model folder")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{out_dir} already exists and is not empty; choose a new folder or pass overwrite=True "
+                "(--overwrite) to replace it."
+            )
+        if not (out_dir / "config.json").is_file():
+            raise FileExistsError(
+                f"{out_dir} is not empty and holds no config.json, so it is not a model folder; labkit will not "
+                "replace it even with overwrite. Choose a new or empty folder."
+            )
+    return out_dir
 
 
 def _publish(tmp_dir, out_dir):
     """Swap the finished temp folder into place; the old folder goes only once the new one exists."""
-    if out_dir.exists():
-        trash = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(out_dir, trash)
-        os.replace(tmp_dir, out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
+    fileio.publish_folder(tmp_dir, out_dir)
+
+
+def check_shard_size(value):
+    """``max_shard_size`` as transformers takes it: bytes (> 0) or text such as "2GB" / "200MB"; else CheckpointError."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        ok = value > 0
     else:
-        os.replace(tmp_dir, out_dir)
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB|TB)\s*", value, re.IGNORECASE) if isinstance(value, str) else None
+        ok = bool(match) and float(match.group(1)) > 0
+    if not ok:
+        raise CheckpointError(f"max_shard_size {value!r}: give a positive size such as '2GB' or '200MB' "
+                              "(units KB, MB, GB, TB), or a number of bytes.")
+    return value
 
 
 # Tokenizer files a model folder may carry beside its remote code (the *.py files).
@@ -170,6 +203,7 @@ def finish_folder(folder, tokenizer, dtype=None, base=None):
 def write_checkpoint(out_dir, config=None, tokenizer=None, seed=0, dtype=torch.bfloat16, overwrite=False,
                      max_shard_size="2GB", model=None):
     """Write a complete official-format folder; atomically (temp folder, then rename)."""
+    check_shard_size(max_shard_size)
     tokenizer = tokenizer or train_tokenizer(course_texts(), vocab_size=TINY_VOCAB)
     if missing_tokens(tokenizer):
         raise CheckpointError(f"The tokenizer lacks the special tokens {missing_tokens(tokenizer)}.")
@@ -191,8 +225,8 @@ def write_checkpoint(out_dir, config=None, tokenizer=None, seed=0, dtype=torch.b
 
 
 # -- checking a folder before anything loads it ---------------------------------------------
-def _check_safetensors(path):
-    """Header parses and the file is as long as the header says (catches truncation)."""
+def _safetensors_header(path):
+    """The parsed header of a safetensors file, checking it is as long as the header says (truncation)."""
     size = path.stat().st_size
     with open(path, "rb") as handle:
         raw = handle.read(8)
@@ -205,18 +239,95 @@ def _check_safetensors(path):
             header = json.loads(handle.read(header_len))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise CheckpointError(f"{path}: the safetensors header is not valid JSON; the file is corrupt.") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"} if isinstance(header, dict) else None
+
+    def whole_numbers(values, length=None):
+        return (isinstance(values, list) and (length is None or len(values) == length)
+                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in values))
+
+    if tensors is None or not all(isinstance(v, dict) and whole_numbers(v.get("shape"))
+                                  and whole_numbers(v.get("data_offsets"), 2) for v in tensors.values()):
+        raise CheckpointError(f"{path}: the safetensors header does not describe tensors; the file is corrupt.")
+    for name, entry in tensors.items():
+        width, (first, last) = SAFETENSORS_DTYPE_BYTES.get(entry.get("dtype")), entry["data_offsets"]
+        if width is not None and last - first != width * math.prod(entry["shape"]):
+            raise CheckpointError(
+                f"{path}: tensor {name} is {entry['dtype']} {tuple(entry['shape'])}, which takes "
+                f"{width * math.prod(entry['shape'])} bytes, but the header gives it {last - first}; the file is "
+                "corrupt. Copy or convert it again.")
+    end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
     if 8 + header_len + end > size:
         raise CheckpointError(
             f"{path}: holds {size} bytes but its tensors need {8 + header_len + end}; the file is truncated "
             "(an interrupted copy or download?). Copy or convert it again."
         )
-    return [k for k in header if k != "__metadata__"]
+    return tensors
+
+
+def _check_safetensors(path):
+    """Header parses and the file is as long as the header says (catches truncation); the tensor names."""
+    return list(_safetensors_header(path))
+
+
+def expected_tensors(config, config_path="config.json"):
+    """``{name: shape}`` of every tensor an InternVL2 (InternLM2) model of ``config`` holds.
+
+    Built on PyTorch's meta device: no memory, no weights, a fraction of a second even for
+    InternVL2-2B. None for a language model labkit's code does not implement (Phi-3, Qwen2...).
+    """
+    arch = (config["llm_config"].get("architectures") or ["InternLM2ForCausalLM"])[0]
+    if arch != "InternLM2ForCausalLM":
+        return None
+    shapes_only = dict(config, template=LABKIT_TEMPLATE)  # the template names no tensor; the folder's may be unknown here
+    try:
+        with torch.device("meta"):
+            model = model_code.InternVLChatModel(model_code.InternVLChatConfig(**shapes_only))
+    except (ValueError, TypeError, KeyError, ZeroDivisionError, RuntimeError) as err:
+        raise CheckpointError(f"{config_path}: does not describe a model that can be built ({err}); "
+                              "restore the file or rebuild the checkpoint.") from None
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def _few_names(names, limit=5):
+    names = sorted(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def check_tensors(found, expected, config_path):
+    """``found``: ``{name: (file, shape)}`` from the safetensors headers; refuse what does not fit ``expected``."""
+    missing = set(expected) - set(found)
+    if missing:
+        files = sorted({str(f) for f, _ in found.values()}) or ["the weights"]
+        raise CheckpointError(
+            f"{', '.join(files)}: lacks {len(missing)} of the {len(expected)} tensors that {config_path} describes: "
+            f"{_few_names(missing)}. Loading would fill them with random numbers; the file is incomplete or "
+            "belongs to another model. Convert or copy the checkpoint again."
+        )
+    unexpected = set(found) - set(expected)
+    if unexpected:
+        files = sorted({str(found[n][0]) for n in unexpected})
+        raise CheckpointError(
+            f"{', '.join(files)}: holds {len(unexpected)} tensor(s) that {config_path} has no place for: "
+            f"{_few_names(unexpected)}. Loading would silently drop them; is it another model's (or an unmerged "
+            "LoRA) checkpoint? Convert it again, or use the config.json that belongs to it."
+        )
+    wrong = sorted(n for n in found if tuple(found[n][1]) != tuple(expected[n]))
+    if wrong:
+        detail = "; ".join(f"{found[n][0]}: {n} is {tuple(found[n][1])}, {config_path} needs {tuple(expected[n])}"
+                           for n in wrong[:3])
+        raise CheckpointError(
+            f"{len(wrong)} tensor(s) have the wrong shape: {detail}. The weights and config.json belong to "
+            "different models (another size or vocabulary); use the matching pair."
+        )
 
 
 def check_model_folder(path):
     """Check a checkpoint folder; raise CheckpointError naming the file or key that is wrong."""
     folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{folder}: is a file, not a model folder; pass the folder that holds config.json "
+                              "and model.safetensors.")
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such model folder. Build one with `python -m labkit.checkpoint --tiny {folder}`.")
     config_path = folder / "config.json"
@@ -247,17 +358,28 @@ def check_model_folder(path):
     if index.is_file():
         weight_map = load_config(index)
         weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
-        if not isinstance(weight_map, dict) or not weight_map:
+        if not isinstance(weight_map, dict) or not weight_map or not all(
+                isinstance(v, str) and v for v in weight_map.values()):
             raise CheckpointError(f"{index}: no 'weight_map' (tensor name -> shard file) in it; save the checkpoint again.")
         shards = sorted(set(weight_map.values()))
     elif (folder / "model.safetensors").is_file():
         shards = ["model.safetensors"]
     else:
         raise CheckpointError(f"{folder}: no model.safetensors (or model.safetensors.index.json) found.")
+    found = {}
     for shard in shards:
         if not (folder / shard).is_file():
             raise CheckpointError(f"{folder / shard}: missing, but the safetensors index lists it.")
-        _check_safetensors(folder / shard)
+        for name, entry in _safetensors_header(folder / shard).items():
+            found[name] = (folder / shard, entry["shape"])
+    if index.is_file():
+        misplaced = sorted(n for n, shard in weight_map.items() if n not in found or found[n][0] != folder / shard)
+        if misplaced:
+            raise CheckpointError(f"{index}: lists {len(misplaced)} tensor(s) in a shard that does not hold them: "
+                                  f"{_few_names(misplaced)}. Save the checkpoint again.")
+    expected = expected_tensors(config, config_path)
+    if expected is not None:
+        check_tensors(found, expected, config_path)
     tok_config = folder / "tokenizer_config.json"
     if not tok_config.is_file():
         raise CheckpointError(f"{tok_config}: missing; the folder needs its tokenizer.")
@@ -340,7 +462,7 @@ def main(argv=None):
             return 0
         config = load_config(args.config) if args.config else None
         out = write_checkpoint(args.out_dir, config=config, seed=args.seed, overwrite=args.overwrite)
-    except (CheckpointError, FileExistsError) as err:
+    except (CheckpointError, FileExistsError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

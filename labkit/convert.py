@@ -53,11 +53,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from labkit import fileio
 from labkit.checkpoint import (
     CheckpointError,
     _prepare_out_dir,
     _publish,
     check_model_folder,
+    check_out_dir,
+    check_shard_size,
     finish_folder,
     has_labkit_code,
     load_checkpoint,
@@ -573,6 +576,8 @@ def convert(config_path, pth_path, out_dir, overwrite=False, max_shard_size="2GB
     setup = read_train_setup(config_path)
     pth_path, out_dir, dtype = Path(pth_path), Path(out_dir), _dtype(dtype)
     _check_paths(setup, pth_path, out_dir)
+    check_out_dir(out_dir, overwrite)  # before any weights are read: new, empty, or a model folder to replace
+    check_shard_size(max_shard_size)
     weights = read_trained_weights(pth_path)
     pretrained = read_trained_weights(setup.pretrained_pth) if setup.pretrained_pth else None
     check_model_folder(setup.model_path)
@@ -580,8 +585,7 @@ def convert(config_path, pth_path, out_dir, overwrite=False, max_shard_size="2GB
     try:
         report = _convert_into(setup, weights, pretrained, pth_path, tmp_dir, max_shard_size, verify, dtype)
         report.out_dir, report.seconds = str(out_dir), round(time.time() - started, 2)
-        (tmp_dir / REPORT_NAME).write_text(json.dumps(asdict(report), indent=2, ensure_ascii=False) + "\n",
-                                           encoding="utf-8")
+        fileio.write_json(tmp_dir / REPORT_NAME, asdict(report))
         _publish(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -687,7 +691,7 @@ def main(argv=None):
     try:
         convert(args.config, args.pth, args.out_dir, overwrite=args.overwrite, max_shard_size=args.max_shard_size,
                 verify=not args.no_verify, dtype=args.dtype)
-    except (ConversionError, CheckpointError, FileExistsError) as err:
+    except (ConversionError, CheckpointError, FileExistsError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

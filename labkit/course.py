@@ -7,8 +7,8 @@
 3. keep the executed copies under ``RUN/notebooks/`` and write ``RUN/report.md`` + ``report.html``.
 """
 import argparse
-import json
 import os
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -30,13 +30,16 @@ def new_run_dir(root=REPO_ROOT / "runs"):
 
 def run_course(run_dir=None, cache_dir=DEFAULT_CACHE, notebooks=NOTEBOOKS, parameters=None, progress=True):
     """Execute the notebooks in order into ``run_dir``; return the report path."""
+    from labkit import fileio
+
+    run_dir = fileio.check_folder_target(Path(run_dir or new_run_dir()), "run folder (--run-dir)")
+    fileio.check_folder_target(Path(cache_dir), "cache folder (--cache-dir)")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir} already holds a run; choose a new --run-dir (nothing was changed).")
     import papermill
 
     from labkit.report import write_report
 
-    run_dir = Path(run_dir or new_run_dir())
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"{run_dir} already holds a run; choose a new --run-dir (nothing was changed).")
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     (run_dir / "figures").mkdir(exist_ok=True)
     params = {"run_dir": str(run_dir.resolve()), "cache_dir": str(Path(cache_dir).resolve()), "device": "cpu"}
@@ -59,7 +62,7 @@ def run_course(run_dir=None, cache_dir=DEFAULT_CACHE, notebooks=NOTEBOOKS, param
     record["wall_s"] = round(time.perf_counter() - start, 1)
     base = run_dir / "base_model.txt"
     record["base_model"] = base.read_text(encoding="utf-8").strip() if base.is_file() else "tiny base model"
-    (run_dir / "course.json").write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
+    fileio.write_json(run_dir / "course.json", record)
     report = write_report(run_dir)
     print(f"[labkit] report: {report}", flush=True)
     return report
@@ -70,7 +73,11 @@ def main(argv=None):
     parser.add_argument("--run-dir", type=Path, default=None, help="where to put this run (default runs/DATE-TIME)")
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("LABKIT_CACHE", DEFAULT_CACHE)))
     args = parser.parse_args(argv)
-    run_course(args.run_dir, args.cache_dir)
+    try:
+        run_course(args.run_dir, args.cache_dir)
+    except (FileExistsError, NotADirectoryError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

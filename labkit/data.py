@@ -38,13 +38,13 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from labkit import fileio
 from labkit.dishes import ANSWER_PREFIX, CHOICE_QUESTION, DISHES, OPEN_QUESTIONS, dish_names
 from labkit.render import render_dish, save_jpeg, stable_seed
 from labkit.validate import IMAGE_TAG, read_annotations, validate
@@ -212,13 +212,8 @@ def _prepare_destination(out_root: Path, overwrite: bool) -> None:
 
 
 def _write_json(path: Path, data) -> None:
-    """Write JSON (UTF-8, Chinese kept readable) through a temp file and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, ensure_ascii=False, indent=1)
-        handle.write("\n")
-    os.replace(tmp, path)
+    """Write JSON (UTF-8, Chinese kept readable) atomically (labkit.fileio)."""
+    fileio.write_json(path, data, indent=1)
 
 
 def pictures_per_dish(dish, subset: str, split: str, per_dish: int,
@@ -275,9 +270,8 @@ def build_datasets(out_root: str | os.PathLike, seed: int = 0, sizes: dict | Non
     if isinstance(held_back_factor, bool) or not isinstance(held_back_factor, int) or held_back_factor < 1:
         raise ValueError(f"held_back_factor must be a whole number >= 1, not {held_back_factor!r}")
     _prepare_destination(out_root, overwrite)
-    out_root.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_root.name}.building-", dir=out_root.parent))
+    stage = fileio.make_stage(out_root, "data folder")
     try:
         counts: dict = {}
         for subset in SUBSETS:
@@ -336,13 +330,7 @@ def is_current(out_root: str | os.PathLike, seed: int = 0, sizes: dict | None = 
 
 def _publish(stage: Path, out_root: Path) -> None:
     """Move the finished build into place; an old build is removed only after the swap."""
-    if out_root.exists():
-        retired = out_root.with_name(f".{out_root.name}.old-{os.getpid()}")
-        os.replace(out_root, retired)
-        os.replace(stage, out_root)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(stage, out_root)
+    fileio.publish_folder(stage, out_root)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = build_datasets(args.out_root, seed=args.seed, sizes=args.sizes,
                                 overwrite=args.overwrite, held_back_factor=args.held_back_factor)
-    except (FileExistsError, ValueError) as err:
+    except (FileExistsError, NotADirectoryError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     manifest = json.loads(result["manifest"].read_text(encoding="utf-8"))

@@ -132,19 +132,29 @@ def ask(model, tokenizer, image_path, question, max_new_tokens=16):
 def evaluate(model_dir, annotation, image_folder, max_new_tokens=16, limit=None, model=None) -> Report:
     """Answer every question of ``annotation`` with the model in ``model_dir``; return a `Report`.
 
-    ``model`` may be an already loaded ``(model, tokenizer)`` pair to skip loading.
+    ``model`` may be an already loaded ``(model, tokenizer)`` pair to skip loading. The annotation
+    file is validated (``labkit.validate``) before the model is loaded.
     """
     import time
 
     from labkit.checkpoint import load_checkpoint
     from labkit.data import answer_dish, load_samples
+    from labkit.validate import validate
 
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit={limit!r}: give a whole number of samples >= 1, or None for all of them "
+                         "(a negative limit would silently leave out the last samples).")
+    # The cheap checks first: the file and its pictures, then every reference answer, then the model.
+    validate(annotation, image_folder).raise_if_bad()
+    samples = load_samples(annotation)[:limit]
+    for sample in samples:
+        if sample.dish is None:
+            raise ValueError(f"{annotation}: sample {sample.id}: the reference answer {sample.answer!r} names no dish "
+                             "of the dish table (labkit/dishes.py); fix the answer or leave the sample out.")
     model, tokenizer = model if model is not None else load_checkpoint(model_dir)
     started = time.monotonic()
     report = Report(model_dir=str(model_dir), annotation=str(annotation))
-    for sample in load_samples(annotation)[:limit]:
-        if sample.dish is None:
-            raise ValueError(f"{annotation}: sample {sample.id}: the reference answer {sample.answer!r} names no dish.")
+    for sample in samples:
         answer = ask(model, tokenizer, inside(image_folder, sample.image), sample.question, max_new_tokens)
         report.answers.append(Answer(sample.image, sample.question, sample.dish, answer, answer_dish(answer)))
     report.seconds = round(time.monotonic() - started, 1)

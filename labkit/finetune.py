@@ -9,7 +9,8 @@ What `train` does, step by step:
 
 1. Check the inputs before anything slow starts: the model folder is a complete checkpoint,
    every annotation file passes `labkit.validate` (XTuner would silently swap a broken sample
-   for a random other one), and the work folder holds no finished run.
+   for a random other one), ``max_length`` holds every picture's image tokens
+   (`check_max_length`), and the work folder holds no finished run.
 2. Plan: count the samples and compute how many iterations XTuner will run
    (`Settings.planned_iterations`), then render the XTuner config into the work folder with
    that plan (`labkit.settings.render_config`).
@@ -17,8 +18,8 @@ What `train` does, step by step:
    through ``torchrun`` + DeepSpeed). Its output streams into ``train.log``; a progress bar and
    the optional ``on_loss(iteration, loss)`` callback follow the logged iterations.
 4. Decide success from evidence, not from hope: exit code 0, no Python traceback in the log,
-   the log reached the planned iteration, and ``iter_<planned>.pth`` exists. Anything else
-   raises `TrainingError` with the end of the log.
+   the log reached the planned iteration, ``iter_<planned>.pth`` exists, and every logged loss
+   is finite (`check_losses`). Anything else raises `TrainingError` with the end of the log.
 5. Save the loss curve (``loss.png``) and a ``result.json`` that marks the folder finished.
 
 The work folder then holds ``config.py`` (the rendered XTuner config), ``train.log``,
@@ -32,6 +33,7 @@ testable on a laptop.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -132,6 +134,9 @@ def check_data(settings: Settings) -> int:
 
     total = 0
     for path in settings.data_paths:
+        if Path(path).is_dir():
+            raise IsADirectoryError(f"{path}: is a folder, not an annotation file (setting data_paths); name the "
+                                    ".json or .jsonl file inside it.")
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: annotation file not found (setting data_paths). Build the data "
                                     "with labkit.data.build_datasets or point data_paths at your file.")
@@ -139,7 +144,55 @@ def check_data(settings: Settings) -> int:
         total += count_samples(path)
     if total == 0:
         raise ValueError(f"{', '.join(settings.data_paths)}: no training samples.")
+    check_max_length(settings)
     return total
+
+
+def check_max_length(settings: Settings) -> int:
+    """Refuse a ``max_length`` that one sample's image tokens alone fill; return the largest image span.
+
+    XTuner cuts every sample at ``max_length`` tokens. A picture becomes ``tiles x tokens per
+    tile`` ``<IMG_CONTEXT>`` tokens between ``<img>`` and ``</img>`` (the tiling the model's
+    config.json sets), and the answer comes after it. When ``max_length`` is not larger than
+    that, the answer is cut off entirely: XTuner's own model type then averages a loss over no
+    tokens and logs NaN for every iteration, and labkit's lean model stops on a cut image. Both
+    are known before anything launches, for every model type.
+    """
+    from PIL import Image
+
+    from labkit.checkpoint import load_config
+    from labkit.tiling import tiling_from_config
+    from labkit.validate import image_path_of, read_annotations
+
+    config_path = Path(settings.model_path) / "config.json"
+    tiling = tiling_from_config(load_config(config_path))
+    largest, where = 0, None
+    sizes = {}
+    for path in settings.data_paths:
+        for index, record in enumerate(read_annotations(path)):
+            rel, _ = image_path_of(record)
+            if rel is None:
+                continue  # a text-only record has no image tokens (validate has judged it already)
+            image = Path(settings.image_folder) / rel
+            if image not in sizes:
+                with Image.open(image) as picture:
+                    sizes[image] = picture.size
+            tokens = tiling.count_image_tokens(*sizes[image]) + 2  # <img> ... </img>
+            if tokens > largest:
+                largest, where = tokens, (path, index, rel, sizes[image])
+    if where is not None and settings.max_length <= largest:
+        from labkit.settings import SettingsError
+
+        path, index, rel, (width, height) = where
+        raise SettingsError(
+            f"max_length={settings.max_length} is too small: {path}, record {index + 1} (image {rel!r}, "
+            f"{width}x{height} px) needs {largest} tokens for its picture alone "
+            f"({tiling.count_tiles(width, height)} tiles x {tiling.tokens_per_tile} tokens + <img></img>, as "
+            f"{config_path} tiles it), so XTuner would cut off every answer token and train on nothing "
+            f"(a NaN loss). Raise max_length well above {largest} (the presets use 2048 for the tiny model, "
+            "8192 for InternVL2-2B), or lower max_dynamic_patch in config.json."
+        )
+    return largest
 
 
 def count_samples(path) -> int:
@@ -288,6 +341,18 @@ def check_outcome(code, log_path, planned, last_iter, total_shown, work_dir, tai
     return checkpoint
 
 
+def check_losses(losses, log_path, tail=""):
+    """Raise TrainingError when a logged loss is NaN or infinite: such a run learned nothing usable."""
+    bad = [(i, loss) for i, loss in losses if not math.isfinite(loss)]
+    if bad:
+        shown = ", ".join(f"iteration {i}: {loss}" for i, loss in bad[:5])
+        raise TrainingError(
+            f"The training loss is not a finite number ({shown}; {len(bad)} of {len(losses)} logged iterations). "
+            "The checkpoint holds nothing usable and the run is not marked finished. Usual causes: max_length "
+            "cuts off every answer token (raise it), a learning rate far too high (lower lr), or float16 "
+            "overflow (use amp='bfloat16').", log_path, tail)
+
+
 # -- the whole run ------------------------------------------------------------------------
 def train(settings: Settings, work_dir, progress=True, on_loss=None, overwrite=False, validate=True,
           timeout_s=None) -> TrainResult:
@@ -302,7 +367,7 @@ def train(settings: Settings, work_dir, progress=True, on_loss=None, overwrite=F
     work_dir = prepare_work_dir(work_dir, overwrite)
     planned = settings.planned_iterations(num_samples)
     marker = {"settings": asdict(settings), "num_samples": num_samples, "planned_iterations": planned}
-    (work_dir / MARKER).write_text(json.dumps(marker, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    _write_json(work_dir / MARKER, marker)
     config_path = write_config(settings, work_dir / CONFIG_NAME, num_samples=num_samples)
     log_path = work_dir / LOG_NAME
     started = time.monotonic()
@@ -312,6 +377,7 @@ def train(settings: Settings, work_dir, progress=True, on_loss=None, overwrite=F
         _child_env(settings))
     wall = round(time.monotonic() - started, 1)
     checkpoint = check_outcome(code, log_path, planned, last_iter, total_shown, xtuner_dir, log_tail(log_path))
+    check_losses(losses, log_path, log_tail(log_path))
     from labkit.plots import save_loss_curve
 
     curve = save_loss_curve(losses, work_dir / "loss.png", title=f"training loss ({settings.method})")
@@ -331,6 +397,6 @@ def load_result(work_dir) -> TrainResult:
 
 
 def _write_json(path, data):
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from labkit import fileio
+
+    fileio.write_json(path, data)

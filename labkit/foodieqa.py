@@ -34,9 +34,9 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path, PurePosixPath
 
+from labkit import fileio
 from labkit.dishes import ANSWER_PREFIX
 from labkit.validate import IMAGE_TAG, validate
 
@@ -107,6 +107,22 @@ def convert_record(item: dict, root: Path, index: int = 0) -> tuple[dict | None,
     return record, None
 
 
+def read_questions(source: Path) -> list:
+    """The questions file as a list; a ValueError naming the file for bad UTF-8, bad JSON or another type."""
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{source}: not UTF-8 text ({err}); download the data set file again.") from None
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{source}: line {err.lineno}, column {err.colno}: {err.msg}; the file is not valid JSON "
+                         "(cut off or edited?). Download the data set file again.") from None
+    if not isinstance(items, list):
+        raise ValueError(f"{source}: expected a JSON list of questions, found {type(items).__name__}")
+    return items
+
+
 def convert_foodieqa(foodie_root: str | os.PathLike, out_path: str | os.PathLike,
                      purpose: str = "eval", acknowledge_terms: bool = False,
                      question_types: list[str] | None = None, overwrite: bool = False,
@@ -115,7 +131,7 @@ def convert_foodieqa(foodie_root: str | os.PathLike, out_path: str | os.PathLike
 
     purpose: "eval" (allowed) or "train" (refused unless `acknowledge_terms=True`).
     question_types: keep only these `question_type` values (None keeps all).
-    check: run labkit.validate on the written file (images must decode).
+    check: run labkit.validate on the records (images must decode) before anything is written.
     Returns {"out_path", "image_folder", "written", "skipped": [(index, reason), ...]}.
     """
     print_licence()
@@ -132,14 +148,13 @@ def convert_foodieqa(foodie_root: str | os.PathLike, out_path: str | os.PathLike
         raise FileNotFoundError(
             f"{source} not found. FOODIE_ROOT must be the downloaded data set folder holding "
             f"{QUESTIONS_FILE} and images/.")
+    if out_path.is_dir():
+        raise IsADirectoryError(f"{out_path}: is a folder; name the annotation .json file to write.")
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"{out_path} exists; pass overwrite=True (--overwrite) to replace it.")
     if out_path.suffix != ".json":
         raise ValueError(f"{out_path}: write a .json file (a JSON list), the format XTuner reads.")
-    with open(source, encoding="utf-8") as handle:
-        items = json.load(handle)
-    if not isinstance(items, list):
-        raise ValueError(f"{source}: expected a JSON list of questions, found {type(items).__name__}")
+    items = read_questions(source)
     records, skipped = [], []
     for index, item in enumerate(items):
         if question_types and isinstance(item, dict) and item.get("question_type") not in question_types:
@@ -149,13 +164,16 @@ def convert_foodieqa(foodie_root: str | os.PathLike, out_path: str | os.PathLike
             skipped.append((index, reason))
         else:
             records.append(record)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=out_path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(records, handle, ensure_ascii=False, indent=1)
-    os.replace(tmp, out_path)
-    if check and records:
-        validate(out_path, root).raise_if_bad()
+    if not records:
+        kept = f" of type {', '.join(question_types)}" if question_types else ""
+        reasons = "; ".join(f"question {index}: {reason}" for index, reason in skipped[:5]) or "none matched"
+        raise ValueError(
+            f"{source}: none of its {len(items)} questions{kept} could be converted ({reasons}); nothing was "
+            f"written to {out_path}. Check FOODIE_ROOT (the photos must be under it or its images/ folder) "
+            "and --question-type.")
+    if check:  # validate first, publish last: a failing check leaves the old file as it was
+        validate(out_path, root, records=records).raise_if_bad()
+    fileio.write_text(out_path, json.dumps(records, ensure_ascii=False, indent=1))
     return {"out_path": out_path, "image_folder": root, "purpose": purpose,
             "written": len(records), "skipped": skipped}
 
@@ -177,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = convert_foodieqa(args.foodie_root, args.out, purpose=args.purpose,
                                    acknowledge_terms=args.acknowledge,
                                    question_types=args.question_types, overwrite=args.overwrite)
-    except (LicenceError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except (LicenceError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+            ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {summary['written']} records to {summary['out_path']} "

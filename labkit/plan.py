@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -238,9 +239,17 @@ def _load_config_dict(config) -> tuple[dict, str]:
     if not path.is_file():
         raise ValueError(f"{path} does not exist: pass the checkpoint folder or its config.json.")
     try:
-        return json.loads(path.read_text(encoding="utf-8")), str(path)
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err}); re-create the checkpoint.") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); re-create the checkpoint.") from err
+    if not isinstance(data, dict):
+        from labkit.fileio import json_kind
+
+        raise ValueError(f"{path} holds a JSON {json_kind(data)}, not an object of settings "
+                         "({\"vision_config\": ..., \"llm_config\": ...}); pass an InternVL2 config.json.")
+    return data, str(path)
 
 
 def _get(cfg: dict, where: str, *keys: str, default=None):
@@ -778,6 +787,9 @@ KNOWN_GPUS: dict[str, float | dict[int, float]] = {
 }
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(GIB|GB|G|MIB|MB|M)(?![A-Z])", re.IGNORECASE)
+_NOT_FINITE = re.compile(r"(?<![A-Z])(?:NAN|INFINITY|INF)(?=\s*(?:GIB|GB|G|MIB|MB|M|%)?(?:\s|$|[x×*]))",
+                         re.IGNORECASE)
+_NEGATIVE = re.compile(r"(?:^|[\sx×*(])-\s*\.?\d", re.IGNORECASE)  # not the hyphen of "A100-40GB"
 _FRACTION = re.compile(r"(?:^|\s|(?<=[bB]))[x×*]\s*(\d+(?:\.\d+)?)\s*(%?)\s*$", re.IGNORECASE)
 
 
@@ -808,12 +820,18 @@ def parse_budget(budget) -> Budget:
     if isinstance(budget, Budget):
         return budget
     if isinstance(budget, (int, float)) and not isinstance(budget, bool):
-        if budget <= 0:
-            raise ValueError(f"budget must be a positive number of GiB, got {budget!r}.")
+        if not math.isfinite(budget) or budget <= 0:
+            raise ValueError(f"budget must be a positive, finite number of GiB (e.g. 24), got {budget!r}.")
         return Budget(float(budget), f"{budget} GiB")
     if not isinstance(budget, str) or not budget.strip():
         raise ValueError(f"budget must be text such as '24GB' or 'A100 80GB x 30%', got {budget!r}.")
     text = budget.strip()
+    if _NOT_FINITE.search(text):
+        raise ValueError(f"budget {text!r} is not a finite size: write a positive memory size such as '24GB', "
+                         "a card name, or a share such as 'A100 80GB x 30%'.")
+    if _NEGATIVE.search(text):
+        raise ValueError(f"budget {text!r} holds a negative number: memory sizes and shares are positive, "
+                         "e.g. '24GB' or 'A100 80GB x 30%'.")
     rest, share = text, 1.0
     m = _FRACTION.search(rest)
     if m:
@@ -821,7 +839,7 @@ def parse_budget(budget) -> Budget:
         share = value / 100 if m.group(2) else value
         if not 0 < share <= 1:
             raise ValueError(
-                f"the share after 'x' in {text!r} must be a part of one card such as 30% or 0.3, "
+                f"the share after 'x' in {text!r} must be a part of one card, in (0, 100] % (such as 30% or 0.3), "
                 f"got {m.group(1)}{m.group(2)}. Give the number of GPUs as num_gpus instead."
             )
         rest = rest[: m.start()].strip()
@@ -851,6 +869,9 @@ def parse_budget(budget) -> Budget:
             gib = known[int(size)]
         else:
             gib = known if size is None else size
+    if not math.isfinite(gib * share) or gib * share <= 0:
+        raise ValueError(f"budget {text!r} comes to {gib * share:g} GiB; give a positive memory size such as "
+                         "'24GB' or 'A100 80GB x 30%'.")
     return Budget(gib * share, text)
 
 

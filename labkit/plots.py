@@ -10,11 +10,12 @@ Losses are ``(iteration, loss)`` pairs, as `labkit.finetune` reports them.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend needed
+
+from labkit import fileio
 
 
 def draw_loss(ax, losses, title="training loss"):
@@ -42,15 +43,8 @@ def save_loss_curve(losses, path, title="training loss"):
 def write_png(fig, path):
     """Write a figure as a PNG atomically (temp file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with fileio.atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

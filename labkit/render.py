@@ -24,13 +24,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from labkit import fileio
 from labkit.dishes import DISHES, Dish, Look, get_dish
 
 SUPERSAMPLE = 3
@@ -761,18 +761,10 @@ def render_dish(dish: Dish | str, seed: int, size: tuple[int, int] | None = None
 
 
 def save_jpeg(image: Image.Image, path: str | os.PathLike, quality: int = JPEG_QUALITY) -> Path:
-    """Write `image` as a JPEG atomically (temp file + os.replace); return the path."""
+    """Write `image` as a JPEG atomically (labkit.fileio); return the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jpg", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="JPEG", quality=quality)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with fileio.atomic_path(path) as tmp:
+        image.save(tmp, format="JPEG", quality=quality)
     return path
 
 
@@ -813,9 +805,6 @@ def contact_sheet(path: str | os.PathLike, seeds=range(6), cell: int = 150,
             left = label_w + len(seeds) * (cell + pad) + k * (thumb + pad)
             sheet.paste(small, (left, top + (cell - thumb) // 2))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with fileio.atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
     return path

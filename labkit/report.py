@@ -5,8 +5,9 @@ only reads them, so the report always shows what the notebooks really computed.
 """
 import html
 import json
-import os
 from pathlib import Path
+
+from labkit import fileio
 
 
 def _read(run_dir, name):
@@ -15,9 +16,7 @@ def _read(run_dir, name):
 
 
 def _atomic_write(path, text):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    fileio.write_text(path, text)
 
 
 def _accuracy_rows(comparison):

@@ -263,6 +263,29 @@ class ChatServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/v1"
 
 
+def listen(host, port, model_name, quiet=False) -> ChatServer:
+    """A ChatServer bound to ``host:port`` with no engine yet; ChatInputError naming the port if it cannot bind."""
+    import errno
+    import socket
+
+    try:
+        return ChatServer(None, host, port, model_name, quiet)
+    except socket.gaierror as err:
+        raise ChatInputError(f"--host {host!r}: not an address of this machine ({err.strerror}); "
+                             "use 127.0.0.1 (this machine only) or 0.0.0.0 (every network).") from None
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            why = "another program (an earlier labkit.server or lmdeploy?) already listens there"
+        elif err.errno == errno.EACCES:
+            why = "ports below 1024 need administrator rights"
+        elif err.errno == errno.EADDRNOTAVAIL:
+            why = f"{host} is not an address of this machine"
+        else:
+            why = err.strerror or str(err)
+        raise ChatInputError(f"cannot listen on {host}:{port}: {why}. Choose another --port (0 picks a free one), "
+                             "or stop the other server first. The model was not loaded.") from None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m labkit.server", description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", help="an official-format checkpoint folder")
@@ -273,11 +296,28 @@ def main(argv=None):
     parser.add_argument("--model-name", help="the name clients ask for (default: the folder's name)")
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
     args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port}: a port is a number from 0 to 65535 (0: any free port).")
 
-    from labkit.chat import TransformersEngine
+    from labkit.chat import TransformersEngine, resolve_template
+    from labkit.checkpoint import CheckpointError, check_model_folder
 
-    engine = TransformersEngine(args.model_dir, device=args.device, template=args.template)
-    server = ChatServer(engine, args.host, args.port, args.model_name or Path(args.model_dir).name, args.quiet)
+    # The cheap checks first, so a mistake costs no model load: the folder, the template, the port.
+    try:
+        check_model_folder(args.model_dir)
+        if args.template:
+            resolve_template(args.template)
+        server = listen(args.host, args.port, args.model_name or Path(args.model_dir).name, args.quiet)
+    except (CheckpointError, ChatInputError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        server.engine = TransformersEngine(args.model_dir, device=args.device, template=args.template)
+    except (CheckpointError, ChatInputError, ValueError) as err:
+        server.server_close()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    engine = server.engine
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"labkit.server: listening on {args.host}: other machines can reach this server.", file=sys.stderr)
     print(f"labkit.server: serving {server.model_name} ({engine.description}) at {server.url}", flush=True)

@@ -24,7 +24,6 @@ import difflib
 import math
 import os
 import sys
-import tempfile
 import typing
 from dataclasses import dataclass, field, fields
 from dataclasses import replace as _dc_replace
@@ -245,10 +244,10 @@ def _check(s: Settings) -> None:
         _fail("lora_dropout", s.lora_dropout, "it must be 0 or more and below 1")
     if not all(0 <= b < 1 for b in s.betas):
         _fail("betas", s.betas, "both AdamW betas must be 0 or more and below 1")
-    if s.weight_decay < 0:
-        _fail("weight_decay", s.weight_decay, "it must be 0 or more")
-    if not s.max_norm > 0:
-        _fail("max_norm", s.max_norm, "the gradient-clipping norm must be above 0")
+    if not (s.weight_decay >= 0 and math.isfinite(s.weight_decay)):
+        _fail("weight_decay", s.weight_decay, "it must be a finite number, 0 or more")
+    if not (s.max_norm > 0 and math.isfinite(s.max_norm)):
+        _fail("max_norm", s.max_norm, "the gradient-clipping norm must be a finite number above 0")
     if not s.data_paths:
         _fail("data_paths", s.data_paths, "give at least one annotation file")
     if s.lora_target_modules is not None and not s.lora_target_modules:
@@ -597,15 +596,9 @@ def render_config(settings: Settings, num_samples: int | None = None) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from labkit import fileio
+
+    fileio.write_text(path, text)
 
 
 def write_config(settings: Settings, path, num_samples: int | None = None) -> Path:

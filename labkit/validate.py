@@ -120,6 +120,10 @@ def read_annotations(path: str | os.PathLike) -> list:
         raise AnnotationFormatError(f"{path}: no such annotation file; check the path.") from None
     except UnicodeDecodeError as err:
         raise AnnotationFormatError(f"{path}: not UTF-8 text ({err}); save it as UTF-8.") from None
+    if text.startswith("\ufeff"):
+        raise AnnotationFormatError(
+            f"{path}: starts with a byte-order mark (BOM, as Windows editors save 'UTF-8 with BOM'), which "
+            "XTuner's JSON reader refuses; save the file as plain UTF-8 (without BOM).")
     if path.suffix == ".jsonl":
         records = []
         for number, line in enumerate(text.splitlines(), start=1):
@@ -192,6 +196,11 @@ def image_path_of(record) -> tuple[str | None, str | None]:
 
 def check_image_path(rel: str, root: Path) -> tuple[Path | None, str | None]:
     """Resolve `rel` under `root`; refuse absolute paths, `..` and symlinks leading outside."""
+    bad = sorted({f"U+{ord(c):04X}" for c in rel if ord(c) < 32 or ord(c) == 127})
+    if bad:
+        nul = " (a NUL byte)" if "\0" in rel else ""
+        return None, (f"image path {rel!r} contains the control character(s) {', '.join(bad)}{nul}; no file can "
+                      "be named so: fix the path in the annotation")
     if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() or \
             PureWindowsPath(rel).drive:
         return None, f"image path {rel!r} is absolute; write it relative to the image folder"
@@ -239,11 +248,14 @@ def check_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | 
 
 
 def validate(annotation: str | os.PathLike, image_folder: str | os.PathLike,
-             max_pixels: int = DEFAULT_MAX_PIXELS, check_images: bool = True) -> ValidationReport:
+             max_pixels: int = DEFAULT_MAX_PIXELS, check_images: bool = True,
+             records: list | None = None) -> ValidationReport:
     """Check an annotation file and the images it points to; return a ValidationReport.
 
     Nothing is raised for bad data - call `.raise_if_bad()` on the result for that. A missing
     image folder or unreadable annotation file is reported as a whole-file problem.
+    ``records`` checks records not yet written (reported under the name ``annotation``), so a
+    writer can validate before it publishes anything.
     """
     annotation, root = Path(annotation), Path(image_folder)
     report = ValidationReport(annotation, root)
@@ -252,7 +264,7 @@ def validate(annotation: str | os.PathLike, image_folder: str | os.PathLike,
                                        "that the 'image' paths are relative to"))
         return report
     try:
-        records = read_annotations(annotation)
+        records = read_annotations(annotation) if records is None else records
     except AnnotationFormatError as err:
         report.problems.append(Problem(None, str(annotation), str(err)))
         return report
@@ -269,7 +281,8 @@ def validate(annotation: str | os.PathLike, image_folder: str | os.PathLike,
             continue
         full, message = check_image_path(rel, root)
         if message:
-            report.problems.append(Problem(index, rel, message))
+            shown = rel if rel.isprintable() else ascii(rel)[1:-1]  # a NUL byte would garble the terminal
+            report.problems.append(Problem(index, shown, message))
             continue
         if check_images:
             if full not in verdicts:

@@ -6,18 +6,18 @@ fine-tuned checkpoint, the converted model, JSON results the report reads). Each
 both as parameters, so papermill, the main job and a student at the keyboard use the same code.
 """
 import json
-import os
 from pathlib import Path
 
 from labkit import data as food_data
+from labkit import fileio
 
 RESULT_FILES = ("architecture.json", "baseline.json", "finetune.json", "conversion.json", "comparison.json")
 
 
 class Workspace:
     def __init__(self, run_dir, cache_dir):
-        self.run_dir = Path(run_dir).resolve()
-        self.cache_dir = Path(cache_dir).resolve()
+        self.run_dir = fileio.check_folder_target(Path(run_dir).resolve(), "run folder (run_dir)")
+        self.cache_dir = fileio.check_folder_target(Path(cache_dir).resolve(), "cache folder (cache_dir)")
         (self.run_dir / "figures").mkdir(parents=True, exist_ok=True)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._data = None
@@ -45,7 +45,7 @@ class Workspace:
         from labkit.base_model import ensure_base
 
         path = Path(ensure_base(self.cache_dir))
-        (self.run_dir / "base_model.txt").write_text(str(path) + "\n", encoding="utf-8")
+        fileio.write_text(self.run_dir / "base_model.txt", str(path) + "\n")
         return path
 
     def samples(self, subset="food", split="test"):
@@ -66,11 +66,7 @@ class Workspace:
         return self.run_dir / "figures" / name
 
     def save_json(self, name, payload):
-        path = self.run_dir / name
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return fileio.write_json(self.run_dir / name, payload, default=str)
 
     def load_json(self, name):
         path = self.run_dir / name

@@ -153,6 +153,7 @@ def test_write_refuses_a_non_empty_folder_and_leaves_it_untouched(tmp_path, tiny
 def test_write_with_overwrite_replaces_the_folder(tmp_path, tiny_tokenizer):
     target = tmp_path / "mine"
     target.mkdir()
+    (target / "config.json").write_text("{}", encoding="utf-8")  # a model folder (overwrite spares others)
     (target / "old.txt").write_text("old", encoding="utf-8")
     write_checkpoint(target, tokenizer=tiny_tokenizer, overwrite=True)
     assert not (target / "old.txt").exists()

@@ -240,7 +240,11 @@ def test_existing_folder_is_refused_and_untouched(lora_run, tmp_path, capsys):
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     assert (out / "notes.txt").read_text() == "my notes"
     assert leftovers(tmp_path, "merged") == []
-    # with the flag the folder is replaced as a whole
+    # with the flag a model folder is replaced as a whole; a folder without config.json never is
+    with pytest.raises(FileExistsError, match="not a model folder"):
+        conv.convert(lora_run.config, lora_run.pth, out, overwrite=True, verify=False, quiet=True)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    (out / "config.json").write_text("{}")
     conv.convert(lora_run.config, lora_run.pth, out, overwrite=True, verify=False, quiet=True)
     assert not (out / "notes.txt").exists() and (out / "config.json").is_file()
     assert leftovers(tmp_path, "merged") == []
