@@ -11,12 +11,14 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from fixtures_model import image_tiles, noise_image, randomize_, run_python, tiny_checkpoint  # noqa: F401
+from fixtures_model import REPO_ROOT, image_tiles, noise_image, randomize_, run_python, tiny_checkpoint  # noqa: F401
 from opengvlab_like_folder import (  # noqa: F401  (pytest fixture)
     FIXTURE_SYSTEM_MESSAGE, REMOTE_CODE_FILES, TEMPLATE, opengvlab_like_checkpoint,
 )
@@ -85,6 +87,15 @@ def test_the_folder_check_names_timm_when_it_is_missing(opengvlab_like_checkpoin
         "except CheckpointError as err:\n    print('REFUSED', err)\n")
     done = run_python(["-c", code])
     assert "REFUSED" in done.stdout and "timm (imported by modeling_intern_vit.py)" in done.stdout
+
+
+def test_refresh_code_leaves_a_folder_with_its_own_code_alone(opengvlab_like_checkpoint, tmp_path):  # noqa: F811
+    folder = shutil.copytree(opengvlab_like_checkpoint, tmp_path / "own-code")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    done = subprocess.run([sys.executable, "-m", "labkit.base_model", "refresh-code", str(folder)],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert done.returncode == 2 and "not labkit's (tokenization_internlm2.py" in done.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 # -- loading and generating --------------------------------------------------------------------
