@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -146,16 +145,19 @@ def _source_weights(source, vocab, config):
     return weights
 
 
-def build_opengvlab_like(out_dir, seed=0, source=None):
+def build_opengvlab_like(out_dir, seed=0, source=None, arch=None, device="cpu"):
     """Write the OpenGVLab-like folder to ``out_dir`` (atomically: a temp folder beside it, then a rename).
 
     Weights: labkit's tiny model with random weights from ``seed``, or those of ``source`` (a folder
     whose tokenizer has the same vocabulary, e.g. a labkit checkpoint written with this tokenizer; its
     config.json then gives the architecture). Saved in bfloat16 under the real checkpoint's key names.
+    ``arch``: another architecture for the random weights (a config dict, e.g. InternVL2-2B's real
+    one; its vocabulary becomes the fixture tokenizer's), built on ``device``.
     """
     import torch
     from safetensors.torch import save_file
 
+    from labkit import fileio
     from labkit.checkpoint import build_model, load_config, tiny_config
     from labkit.tokenizer import course_texts
 
@@ -167,10 +169,17 @@ def build_opengvlab_like(out_dir, seed=0, source=None):
             shutil.copyfile(FIXTURE_CODE / name, tmp / name)
         texts = course_texts() + [FIXTURE_SYSTEM_MESSAGE]
         vocab = _write_tokenizer(tmp, train_sentencepiece(texts, seed=seed))
-        arch = load_config(Path(source) / "config.json") if source is not None else tiny_config(len(vocab))
+        if source is not None:
+            arch = load_config(Path(source) / "config.json")
+        elif arch is None:
+            arch = tiny_config(len(vocab))
+        else:
+            arch = copy.deepcopy(arch)
+            arch["llm_config"]["vocab_size"] = len(vocab)
         if source is None:
-            model = build_model(arch, seed=seed)  # labkit's code (its own template name: labkit knows no other)
-            weights = {k: v.detach() for k, v in model.state_dict().items()}
+            model = build_model(arch, seed=seed, device=device)  # labkit's code, the same parameter names
+            weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            del model
         else:
             weights = _source_weights(source, vocab, arch)
         save_file({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()},
@@ -186,14 +195,7 @@ def build_opengvlab_like(out_dir, seed=0, source=None):
             "_from_model_config": True, "eos_token_id": [vocab["<|im_end|>"], vocab["<|im_start|>"]],
             "transformers_version": "4.37.2",  # as the real file says
         })
-        if out_dir.exists():  # the old folder goes only once the new one is complete
-            trash = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(trash, ignore_errors=True)
-            os.replace(out_dir, trash)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        fileio.publish_folder(tmp, out_dir)  # the old folder goes only once the new one is complete
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
