@@ -216,6 +216,7 @@ def refresh_code(model_dir) -> list[str]:
 
 def _check_code_target(model_dir) -> None:
     """Only an InternVL2 checkpoint folder gets model code: config.json with both parts, and weights."""
+    from labkit import model as model_code
     from labkit.checkpoint import CheckpointError, load_config
 
     folder = Path(model_dir)
@@ -235,18 +236,12 @@ def _check_code_target(model_dir) -> None:
     if not ((folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()):
         raise CheckpointError(f"{folder}: holds no model.safetensors (or index), so it is not a model folder; "
                               "nothing was written.")
-    foreign = sorted(p.name for p in folder.glob("*.py") if p.name not in model_code_files())
+    foreign = sorted(p.name for p in folder.glob("*.py") if p.name not in model_code.REMOTE_CODE_FILES)
     if foreign or "auto_map" in config["llm_config"]:
         raise CheckpointError(
             f"{folder}: carries remote code that is not labkit's ({', '.join(foreign) or 'llm_config.auto_map'}; "
             "OpenGVLab's InternVL2 folder, for example); refresh-code only updates labkit's own code and "
             "wrote nothing. The folder runs with its own code as it is.")
-
-
-def model_code_files():
-    from labkit import model as model_code
-
-    return model_code.REMOTE_CODE_FILES
 
 
 def default_cache_dir() -> Path:

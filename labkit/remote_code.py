@@ -37,8 +37,7 @@ CHECKED_TRANSFORMERS = "4.57.6"
 SERVED_TRANSFORMERS = ("4.37", "5")  # the layer runs for versions in [first, second)
 
 # Import names whose pip package has another name.
-PIP_NAMES = {"sentencepiece": "sentencepiece", "cv2": "opencv-python-headless", "PIL": "pillow",
-             "yaml": "pyyaml", "sklearn": "scikit-learn"}
+PIP_NAMES = {"cv2": "opencv-python-headless", "PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn"}
 
 
 class RemoteCodeError(ValueError):
@@ -190,10 +189,6 @@ def quiet_generation_warning():
 _ADAPTED = {}  # original language-model class -> its generating subclass
 
 
-def _version_tuple(text):
-    return tuple(int(part) for part in text.split("+")[0].split(".")[:2] if part.isdigit())
-
-
 def _generating_class(cls):
     """``cls`` with GenerationMixin and the legacy tuple cache (one subclass per class, cached)."""
     from transformers import GenerationMixin
@@ -228,11 +223,11 @@ def adapt_for_generation(model, where="the model"):
     if not needs_adapting(model):
         return model
     import transformers
+    from packaging.version import Version
     from transformers import GenerationConfig
 
-    version = _version_tuple(transformers.__version__)
-    low, high = (_version_tuple(v) for v in SERVED_TRANSFORMERS)
-    if not low <= version < high:
+    low, high = (Version(v) for v in SERVED_TRANSFORMERS)
+    if not low <= Version(Version(transformers.__version__).base_version) < high:
         raise RemoteCodeError(
             f"{where}: its language model ({type(model.language_model).__name__}) cannot generate under "
             f"transformers {transformers.__version__}. labkit's compatibility layer serves transformers "
