@@ -508,7 +508,7 @@ def lmdeploy_chat_template(template: str, system: str | None = None,
     user, assistant = conv.roles
     marks = ("\x01S\x01", "\x01Q\x01", "\x01A\x01", "\x01R\x01")
     text = render_prompt(template, marks[0], marks[3], [(marks[1], marks[2])], 0, templates)
-    before, sys_to_q, q_to_a, a_to_r, after = _split_on(text, marks)
+    before, sys_to_q, q_to_a, a_to_r, after = re.split("|".join(map(re.escape, marks)), text)
     fields = {
         "model_name": f"labkit-{template}",
         "system": before,
@@ -526,14 +526,6 @@ def lmdeploy_chat_template(template: str, system: str | None = None,
         raise ChatInputError(f"Template {template!r} does not end a question the way it ends the first one; "
                              "LMDeploy cannot reproduce it.")
     return fields
-
-
-def _split_on(text, marks):
-    parts = []
-    for mark in marks:
-        head, _, text = text.partition(mark)
-        parts.append(head)
-    return parts[0], parts[1], parts[2], parts[3], text
 
 
 def _strip_end(text, suffix, template):
