@@ -122,6 +122,26 @@ def test_generation_with_the_legacy_cache_equals_generation_without_it(loaded):
     assert runs[0].tolist() == runs[1].tolist()
 
 
+def test_labkits_loader_drops_the_warning_the_layer_makes_moot(opengvlab_like_checkpoint):  # noqa: F811
+    import logging
+
+    from transformers import AutoModel
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("transformers.modeling_utils")
+    logger.addHandler(handler)
+    try:
+        load_checkpoint(opengvlab_like_checkpoint)
+        quiet = list(seen)
+        AutoModel.from_pretrained(str(opengvlab_like_checkpoint), trust_remote_code=True)
+    finally:
+        logger.removeHandler(handler)
+    warning = "has generative capabilities"
+    assert not any(warning in m for m in quiet) and any(warning in m for m in seen[len(quiet):])
+
+
 def test_adapting_is_idempotent_and_leaves_labkits_code_alone(loaded, tiny_checkpoint):
     model, _ = loaded
     cls = type(model.language_model)
