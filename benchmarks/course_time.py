@@ -1,6 +1,6 @@
 """Wall time of the main job (`./lab run`): the five notebooks, headless, on the tiny model.
 
-Runs `labkit.course.run_course` into a fresh run folder and prints the seconds per notebook,
+Runs `labkit.course.main.run_course` into a fresh run folder and prints the seconds per notebook,
 the total, and the figures the run produced. The one-time install is not counted; the food
 data and the base model come from the cache when present (pass --cold to build them too).
 
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from labkit.course import DEFAULT_CACHE, run_course  # noqa: E402
+from labkit.course.main import DEFAULT_CACHE, run_course  # noqa: E402
 
 
 def main(argv=None):

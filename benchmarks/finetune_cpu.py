@@ -1,7 +1,7 @@
 """Base vs tuned on the food test split, and the LoRA fine-tune's wall time on the CPU.
 
-The base model (labkit.base_model) has never seen the held-back dishes; the course's LoRA recipe
-on the tiny model (labkit.settings.tiny_lora_cpu) teaches them. Targets: held-back dishes named
+The base model (labkit.course.base_model) has never seen the held-back dishes; the course's LoRA recipe
+on the tiny model (labkit.train.settings.tiny_lora_cpu) teaches them. Targets: held-back dishes named
 correctly <= 10 % before and >= 90 % after, training <= 3 minutes on a 2-core laptop.
 
     python benchmarks/finetune_cpu.py [--data DATA_ROOT] [--threads 2] [--out result.json]
@@ -19,17 +19,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from labkit import base_model, finetune, settings  # noqa: E402
-from labkit.convert import convert  # noqa: E402
-from labkit.evaluate import evaluate  # noqa: E402
+from labkit.course import base_model  # noqa: E402
+from labkit.train import finetune, settings  # noqa: E402
+from labkit.convert.pipeline import convert  # noqa: E402
+from labkit.eval.evaluate import evaluate  # noqa: E402
 
 TRAIN_TARGET_S = 180
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, help="a folder built by `python -m labkit.data build`")
-    parser.add_argument("--base", type=Path, help="base model folder (default: labkit.base_model.ensure_base())")
+    parser.add_argument("--data", type=Path, help="a folder built by `python -m labkit.data.build build`")
+    parser.add_argument("--base", type=Path, help="base model folder (default: labkit.course.base_model.ensure_base())")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for training (0 = all cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
@@ -37,7 +38,7 @@ def main(argv=None):
     scratch = Path(tempfile.mkdtemp(prefix="labkit-ft-bench-"))
     try:
         if args.data is None:
-            from labkit.data import build_datasets
+            from labkit.data.build import build_datasets
 
             args.data = build_datasets(scratch / "data", seed=0)["root"]
         base = args.base or base_model.ensure_base()

@@ -1,6 +1,6 @@
 """Chat speed of the full-size InternVL2-2B architecture on a GPU (random weights).
 
-Builds InternVL2-2B's real architecture from configs/internvl2-2b/config.json with random bf16
+Builds InternVL2-2B's real architecture from labkit/assets/internvl2-2b/config.json with random bf16
 weights, writes it as an official checkpoint, loads it back through transformers'
 AutoModel(trust_remote_code=True), and measures time to first token for images of 1, 6 and 12
 tiles (plus the thumbnail when there is more than one) and the decode speed at batch 1.
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from labkit.checkpoint import INTERNVL2_2B_CONFIG, build_model, load_checkpoint, load_config, write_checkpoint  # noqa: E402
+from labkit.checkpoints.folder import INTERNVL2_2B_CONFIG, build_model, load_checkpoint, load_config, write_checkpoint  # noqa: E402
 from labkit.tiling import Tiling  # noqa: E402
 
 # (label, image width, height, max tiles): grids 1x1, 3x2 and 4x3

@@ -10,7 +10,7 @@ remote code on the same weights and tokenizer. For each of the two:
 
   chat   labkit's loader (the compatibility layer for the stand-in), bf16 on CUDA, one 13-tile
          picture: time to first token, decode tokens/s over 64 forced tokens, the greedy answer;
-  train  labkit.finetune with course_gpu() (LoRA r 128, labkit.lean, bf16 AMP) for --iters
+  train  labkit.train.finetune with course_gpu() (LoRA r 128, labkit.train.lean, bf16 AMP) for --iters
          iterations on the same data and seed: XTuner's logged losses, tokens/s, peak memory.
 
 It prints one JSON report: both rows and the largest relative difference between the two loss
@@ -34,11 +34,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from gpu_train import figures_from_log, write_data  # noqa: E402
 from opengvlab_like_folder import build_opengvlab_like  # noqa: E402
 
-from labkit import finetune  # noqa: E402
+from labkit.train import finetune  # noqa: E402
 from labkit import model as model_code  # noqa: E402
-from labkit.chat import Settings, TransformersEngine  # noqa: E402
-from labkit.checkpoint import AUTO_MAP, INTERNVL2_2B_CONFIG, load_config  # noqa: E402
-from labkit.settings import course_gpu, tiny_lora_cpu  # noqa: E402
+from labkit.chat.engines import Settings, TransformersEngine  # noqa: E402
+from labkit.checkpoints.folder import AUTO_MAP, INTERNVL2_2B_CONFIG, load_config  # noqa: E402
+from labkit.train.settings import course_gpu, tiny_lora_cpu  # noqa: E402
 
 TEMPLATE = "internlm2-chat"  # known to both code bases, so both prompts are the same
 QUESTION = "图中的菜是什么？"

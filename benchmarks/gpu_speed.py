@@ -3,7 +3,7 @@
 One process, one model (InternVL2-2B's real architecture, random bf16 weights, labkit's official
 format), one real XTuner batch (InternVL_V1_5_Dataset + default_collate_fn) of phone-photo-shaped
 pictures: 13 tiles, about 3,370 tokens per sample. The model is XTuner's InternVL_V1_5 through
-labkit.lean.LeanInternVL with the course's LoRA (r 128, alpha 256, dropout 0.05 on every LLM
+labkit.train.lean.LeanInternVL with the course's LoRA (r 128, alpha 256, dropout 0.05 on every LLM
 Linear, frozen ViT and LLM, mlp1 trained). A step is what XTuner's AmpOptimWrapper does: bf16
 autocast forward, backward, gradient clipping at 1.0, AdamW.
 
@@ -11,7 +11,7 @@ Variants, each adding one change to the one before (the ablation):
     stock       XTuner as it is: full-vocabulary logits, explicit attention mask (SDPA cannot use
                 FlashAttention), the frozen LLM in float32 (PEFT's prepare step casts it), gradient
                 checkpointing
-    +lean       logits and loss only at supervised positions (labkit.lean)
+    +lean       logits and loss only at supervised positions (labkit.train.lean)
     +flash      no explicit mask for right-padded batches: plain causal SDPA -> FlashAttention
     +bf16       frozen weights back to bfloat16 (LeanInternVL's default)
     +no-cast    LoRA inputs stay bfloat16 under autocast (PEFT casts them to float32 and autocast
@@ -44,9 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_train import write_data  # noqa: E402
 
-from labkit import plan  # noqa: E402
-from labkit.checkpoint import INTERNVL2_2B_CONFIG, build_model, load_config, write_checkpoint  # noqa: E402
-from labkit.xtuner_launch import free_port  # noqa: E402
+from labkit.train import plan  # noqa: E402
+from labkit.checkpoints.folder import INTERNVL2_2B_CONFIG, build_model, load_config, write_checkpoint  # noqa: E402
+from labkit.train.launch import free_port  # noqa: E402
 
 ANCHOR_TOKENS_PER_S = 9600  # transformers' InternVL + PEFT, same LoRA, batch 4, H200 (the issue's figure)
 
@@ -73,7 +73,7 @@ class Bench:
         import torch
         from peft import LoraConfig
 
-        from labkit.lean import LeanInternVL
+        from labkit.train.lean import LeanInternVL
 
         self.torch, self.device, self.dtype = torch, device, dtype
         lora = dict(type=LoraConfig, r=128, lora_alpha=256, lora_dropout=0.05, target_modules=None,

@@ -2,11 +2,11 @@
 
 Builds InternVL2-2B's real architecture with random bf16 weights (labkit's official format),
 renders food pictures shaped like phone photos (4:3, so 12 tiles + a thumbnail = 13 tiles,
-3,328 image tokens per sample), and runs XTuner's own trainer through `labkit.finetune` with
+3,328 image tokens per sample), and runs XTuner's own trainer through `labkit.train.finetune` with
 the course's LoRA recipe (r 128 on every LLM Linear, frozen ViT and LLM, mlp1 trained, bf16 AMP,
 gradient checkpointing) for a few iterations per batch size, in up to three modes:
     stock  XTuner's own InternVL_V1_5 model type, as the course ran it
-    lean   labkit.lean.LeanInternVL: logits only at supervised positions, frozen weights in bf16
+    lean   labkit.train.lean.LeanInternVL: logits only at supervised positions, frozen weights in bf16
     fast   lean, without gradient checkpointing (more memory, no recompute)
 Prints step time, tokens/s, XTuner's logged peak memory (max allocated), and the planner's
 prediction for the same setting. `benchmarks/gpu_speed.py` breaks the step time down.
@@ -24,11 +24,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from labkit import finetune, plan, render  # noqa: E402
-from labkit.checkpoint import INTERNVL2_2B_CONFIG, build_model, load_config, write_checkpoint  # noqa: E402
-from labkit.data import answer_sentence, make_record  # noqa: E402
-from labkit.dishes import DISHES  # noqa: E402
-from labkit.settings import course_gpu, tiny_lora_cpu  # noqa: E402
+from labkit.data import paint as render  # noqa: E402
+from labkit.train import finetune, plan  # noqa: E402
+from labkit.checkpoints.folder import INTERNVL2_2B_CONFIG, build_model, load_config, write_checkpoint  # noqa: E402
+from labkit.data.build import answer_sentence, make_record  # noqa: E402
+from labkit.data.dishes import DISHES  # noqa: E402
+from labkit.train.settings import course_gpu, tiny_lora_cpu  # noqa: E402
 
 MODES = {"stock": dict(lean_logits=False), "lean": dict(lean_logits=True),
          "fast": dict(lean_logits=True, gradient_checkpointing=False)}

@@ -13,9 +13,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from labkit import plan  # noqa: E402
+from labkit.train import plan  # noqa: E402
 
-DEFAULT_CONFIG = REPO / "configs" / "internvl2-2b" / "config.json"
+DEFAULT_CONFIG = REPO / "labkit" / "assets" / "internvl2-2b" / "config.json"
 COURSE_BUDGET = "A100 80GB x 30%"
 
 

@@ -5,7 +5,7 @@ checkpoint is also opened on a GPU machine with transformers 5.17. This script r
 checkpoint through every public path there, on the CPU, in a few seconds::
 
     python benchmarks/transformers5_check.py --make-overlay /tmp/tf5      # once: transformers 5 beside 4.57
-    python -m labkit.checkpoint --tiny /tmp/tiny
+    python -m labkit.checkpoints.folder --tiny /tmp/tiny
     PYTHONPATH=/tmp/tf5 python benchmarks/transformers5_check.py /tmp/tiny
 
 The overlay is a folder of packages that shadows the virtualenv's own when it is first on
@@ -17,7 +17,7 @@ Checks: versions; AutoTokenizer/AutoModel with trust_remote_code; the loaded wei
 safetensors files; forward with labels (finite loss, gradients reach the vision tower, the
 projector and the LLM; gradient checkpointing gives the same loss); generation with and without
 the KV cache; chat(), multi-turn chat with history, batch_chat(); bfloat16 loading; and, when
-labkit is importable, equal logits from transformers' own InternVL (labkit/reference.py).
+labkit is importable, equal logits from transformers' own InternVL (labkit/checkpoints/reference.py).
 Prints OK at the end, or FAILED and the reason (exit status 1).
 """
 import argparse
@@ -165,7 +165,7 @@ def check(folder, save=None):
 
     try:
         sys.path.insert(0, str(REPO_ROOT))
-        from labkit.reference import build_reference_model
+        from labkit.checkpoints.reference import build_reference_model
     except ImportError:
         print("  (labkit not importable: skipping the comparison with transformers' InternVL)")
     else:

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from labkit.chat import Settings, TransformersEngine  # noqa: E402
-from labkit.checkpoint import write_checkpoint  # noqa: E402
+from labkit.chat.engines import Settings, TransformersEngine  # noqa: E402
+from labkit.checkpoints.folder import write_checkpoint  # noqa: E402
 
 QUESTION = "这是什么菜？"
 # (label, picture size or None); tiny tiling: 64 px tiles, up to 6, plus a thumbnail past one

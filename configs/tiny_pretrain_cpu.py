@@ -1,5 +1,5 @@
 # XTuner config: InternVL2 full fine-tune on the CPU.
-# Rendered from labkit.settings (python -m labkit.settings render); edit PART 1 only,
+# Rendered from labkit.train.settings (python -m labkit.train.settings render); edit PART 1 only,
 # or better, change the Settings and render again.
 from mmengine.hooks import (CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook,
                             ParamSchedulerHook)
@@ -11,10 +11,10 @@ from xtuner.dataset.collate_fns import default_collate_fn
 from xtuner.dataset.samplers import LengthGroupedSampler
 from xtuner.engine.hooks import DatasetInfoHook
 from xtuner.engine.runner import TrainLoop
-from labkit.lean import LeanInternVL
+from labkit.train.lean import LeanInternVL
 from xtuner.utils import PROMPT_TEMPLATE
 
-from labkit.xtuner_dataset import FolderPromptDataset
+from labkit.train.dataset import FolderPromptDataset
 
 #######################################################################
 #                           PART 1  Settings                          #
@@ -28,8 +28,8 @@ lora_r = 128  # LoRA rank: width of the low-rank update
 lora_alpha = 256  # LoRA scale: the update is multiplied by lora_alpha / lora_r
 lora_dropout = 0.05  # dropout on the LoRA input
 lora_target_modules = None  # None = every Linear of the LLM (XTuner's choice, output head included)
-lean_logits = True  # labkit.lean: logits and loss only where an answer token is supervised
-weights_dtype = "float32"  # bfloat16 (how XTuner loads) | float32 (needs labkit.lean; steadier on CPU)
+lean_logits = True  # labkit.train.lean: logits and loss only where an answer token is supervised
+weights_dtype = "float32"  # bfloat16 (how XTuner loads) | float32 (needs labkit.train.lean; steadier on CPU)
 gradient_checkpointing = True  # recompute activations in the backward pass: far less memory, about a third more compute
 
 # Data
@@ -60,7 +60,7 @@ device = "cpu"  # cpu | cuda
 amp = "off"  # mixed precision on GPU: off | float16 | bfloat16 (CPU: off)
 gpus = 1  # GPUs on this machine to train on (more than 1 needs zero_stage)
 zero_stage = 0  # DeepSpeed ZeRO stage 1-3 through torchrun (0 = no DeepSpeed)
-cpu_threads = 0  # CPU threads for torch (0 = torch's default, all cores; read by labkit.finetune)
+cpu_threads = 0  # CPU threads for torch (0 = torch's default, all cores; read by labkit.train.finetune)
 seed = 0  # random seed: weights of the adapters, data order, dropout
 
 optim_type = AdamW
@@ -69,7 +69,7 @@ optim_type = AdamW
 #             PART 2  Model & Tokenizer & Image Processor             #
 #######################################################################
 model = dict(
-    type=LeanInternVL,  # XTuner's InternVL_V1_5, with the labkit.lean options below
+    type=LeanInternVL,  # XTuner's InternVL_V1_5, with the labkit.train.lean options below
     lean_logits=lean_logits,
     weights_dtype=weights_dtype,
     gradient_checkpointing=gradient_checkpointing,
@@ -118,7 +118,7 @@ optim_wrapper = dict(
 # Warm-up for warmup_ratio of the run, then cosine decay to 0, counted in epochs and
 # converted to iterations by the runner (XTuner's way). On a small data set that conversion
 # rounds the warm-up down to 0 iterations (mmengine refuses) or 1 (the rate then never
-# leaves start_factor): labkit.finetune renders this part in iterations from the real
+# leaves start_factor): labkit.train.finetune renders this part in iterations from the real
 # sample count instead, with a warm-up of at least 2 iterations.
 param_scheduler = [
     dict(type=LinearLR, start_factor=1e-5, by_epoch=True, begin=0,

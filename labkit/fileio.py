@@ -33,6 +33,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+PACKAGE_DIR = Path(__file__).resolve().parent  # labkit/ (model code, assets)
+REPO_ROOT = PACKAGE_DIR.parent  # the checkout: notebooks/, configs/, data/, runs/
+
 
 def current_umask() -> int:
     """The process umask, read without changing it where the system allows (Linux: /proc)."""
@@ -220,3 +223,11 @@ def staged_folder(target, what="output folder"):
     except BaseException:
         discard(stage)
         raise
+
+
+def write_png(fig, path):
+    """Write a figure as a PNG atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    return path

@@ -89,7 +89,7 @@ test_cache_dir.__test__ = False  # a helper, not a test for pytest to collect
 @pytest.fixture(scope="session")
 def base_model_dir(tmp_path_factory):
     """The tiny base model: labkit's committed one, or else built once into the shared test cache."""
-    from labkit.workspace import Workspace
+    from labkit.course.workspace import Workspace
 
     return Workspace(tmp_path_factory.mktemp("base-model-run"), test_cache_dir()).base_model()
 

@@ -9,7 +9,7 @@ vision tower needs ``timm``, and the tokenizer is a slow sentencepiece ``InternL
 image tokens are added tokens above the sentencepiece range. The real weights are 4.4 GB; this
 folder holds the same architecture at labkit's tiny size, so tests run on a CPU in seconds.
 
-The folder's weights come from labkit (``labkit.checkpoint.build_model``), with keys exactly as the
+The folder's weights come from labkit (``labkit.checkpoints.folder.build_model``), with keys exactly as the
 real checkpoint names them, so labkit's and the fixture's implementations can be compared on them.
 
     build_opengvlab_like(out_dir, seed=0, source=None) -> Path
@@ -158,8 +158,8 @@ def build_opengvlab_like(out_dir, seed=0, source=None, arch=None, device="cpu"):
     from safetensors.torch import save_file
 
     from labkit import fileio
-    from labkit.checkpoint import build_model, load_config, tiny_config
-    from labkit.tokenizer import course_texts
+    from labkit.checkpoints.folder import build_model, load_config, tiny_config
+    from labkit.checkpoints.tokenizer import course_texts
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit import base_model
-from labkit.checkpoint import CheckpointError, check_model_folder, load_checkpoint
+from labkit.course import base_model
+from labkit.checkpoints.folder import CheckpointError, check_model_folder, load_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_missing_tensor_is_named_with_its_file(model_copy):
         check_model_folder(model_copy)
     with pytest.raises(CheckpointError, match=re.escape(name)):
         load_checkpoint(model_copy)  # never random weights with only a warning
-    done = run_cli("labkit.checkpoint", "--check", model_copy)
+    done = run_cli("labkit.checkpoints.folder", "--check", model_copy)
     assert done.returncode == 2, done.stdout
     assert name in done.stderr and "complete" not in done.stdout
 
@@ -98,7 +98,7 @@ def test_sharded_index_pointing_at_the_wrong_shard(model_copy):
 @pytest.fixture(scope="module")
 def food_one(tmp_path_factory):
     """The course food data at its smallest: one picture per dish (13 samples)."""
-    from labkit.data import build_datasets
+    from labkit.data.build import build_datasets
 
     sizes = {"general": {"train": 0, "val": 0, "test": 0}, "food": {"train": 1, "val": 0, "test": 0}}
     return build_datasets(tmp_path_factory.mktemp("bad-data") / "data", seed=0, sizes=sizes, held_back_factor=1)
@@ -106,8 +106,7 @@ def food_one(tmp_path_factory):
 
 def xtuner_model_type_settings(data, **overrides):
     """XTuner's own InternVL_V1_5 model type (bf16 weights, full logits), on the base model."""
-    from labkit import settings
-
+    from labkit.train import settings
     s = settings.tiny_lora_cpu().replace(
         model_path=str(base_model.ASSET_DIR), data_paths=str(data["food"]["train"]),
         image_folder=str(data["image_folder"]), batch_size=4, max_epochs=1, cpu_threads=1,
@@ -119,8 +118,8 @@ def xtuner_model_type_settings(data, **overrides):
 
 @pytest.mark.parametrize("lean", [False, True], ids=["xtuner-model-type", "labkit-lean"])
 def test_max_length_below_one_pictures_tokens_is_refused_before_launch(food_one, tmp_path, lean):
-    from labkit import finetune
-    from labkit.settings import SettingsError
+    from labkit.train import finetune
+    from labkit.train.settings import SettingsError
 
     s = xtuner_model_type_settings(food_one, max_length=40)
     if lean:
@@ -131,8 +130,7 @@ def test_max_length_below_one_pictures_tokens_is_refused_before_launch(food_one,
 
 
 def test_check_losses_refuses_nan_and_infinity(tmp_path):
-    from labkit import finetune
-
+    from labkit.train import finetune
     finetune.check_losses([(1, 2.0), (2, 1.5)], tmp_path / "train.log")
     for bad in (math.nan, math.inf):
         with pytest.raises(finetune.TrainingError, match="not a finite number .*iteration 2"):
@@ -142,8 +140,7 @@ def test_check_losses_refuses_nan_and_infinity(tmp_path):
 @pytest.mark.slow
 def test_a_nan_loss_run_is_a_failure_not_a_checkpoint(food_one, tmp_path):
     """XTuner's own model type with every answer cut off logs loss NaN, exits 0 and saves iter_4.pth."""
-    from labkit import finetune
-
+    from labkit.train import finetune
     s = xtuner_model_type_settings(food_one, max_length=40)
     with pytest.raises(finetune.TrainingError, match="not a finite number") as err:
         finetune.train(s, tmp_path / "run", progress=False, validate=False)  # validate=False: let it run
@@ -157,19 +154,17 @@ def test_a_nan_loss_run_is_a_failure_not_a_checkpoint(food_one, tmp_path):
 @pytest.mark.parametrize("budget", ["-24GB", "H200 -24GB", "0GB", "0MB", math.nan, math.inf],
                          ids=["minus-24GB", "card-minus-24GB", "0GB", "0MB", "nan", "inf"])
 def test_budgets_that_are_not_positive_finite_sizes_are_refused(budget):
-    from labkit import plan
-
+    from labkit.train import plan
     with pytest.raises(ValueError, match=re.escape(repr(budget) if isinstance(budget, float) else budget)):
         plan.parse_budget(budget)
-    estimate = plan.estimate(REPO_ROOT / "configs" / "internvl2-2b" / "config.json", batch_size=8)
+    estimate = plan.estimate(REPO_ROOT / "labkit" / "assets" / "internvl2-2b" / "config.json", batch_size=8)
     with pytest.raises(ValueError):
         plan.fits(estimate, budget)  # never "fits at batch 8"
 
 
 @pytest.mark.parametrize("share", ["0%", "150%", "100.5%", "0"])
 def test_shares_outside_0_to_100_percent_are_refused(share):
-    from labkit import plan
-
+    from labkit.train import plan
     with pytest.raises(ValueError, match=r"\(0, 100\] %.*got " + re.escape(share)):
         plan.parse_budget(f"A100 80GB x {share}")
     assert plan.parse_budget("A100 80GB x 100%").gib == 80.0
@@ -180,10 +175,10 @@ def test_refresh_code_writes_only_into_a_model_folder(tmp_path, model_copy):
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "thesis.txt").write_text("precious", encoding="utf-8")
-    done = run_cli("labkit.base_model", "refresh-code", notes)
+    done = run_cli("labkit.course.base_model", "refresh-code", notes)
     assert done.returncode == 2 and "config.json: missing" in done.stderr and str(notes) in done.stderr
     assert sorted(p.name for p in notes.iterdir()) == ["thesis.txt"]  # no model code written
-    missing = run_cli("labkit.base_model", "refresh-code", tmp_path / "no-such-model")
+    missing = run_cli("labkit.course.base_model", "refresh-code", tmp_path / "no-such-model")
     assert missing.returncode == 2 and "no-such-model: no such folder" in missing.stderr
     assert "Traceback" not in missing.stderr and not (tmp_path / "no-such-model").exists()
     # a real model folder is still refreshed
@@ -205,21 +200,20 @@ from test_foodieqa import foodie  # noqa: E402,F401  (the FoodieQA fixture in th
 
 
 def test_foodieqa_with_no_usable_question_is_a_failure(foodie, tmp_path):
-    from labkit import foodieqa
-
+    from labkit.data import foodieqa
     out = tmp_path / "none.json"
     with pytest.raises(ValueError, match=re.escape(str(foodie / foodieqa.QUESTIONS_FILE)) + ".*none of its 4"):
         foodieqa.convert_foodieqa(foodie, out, question_types=["no-such-type"])
     assert not out.exists()
     (foodie / "images" / "cf_01.jpg").unlink()
     (foodie / "images" / "yb_01.jpg").unlink()
-    done = run_cli("labkit.foodieqa", foodie, out)
+    done = run_cli("labkit.data.foodieqa", foodie, out)
     assert done.returncode == 2 and "none of its 4 questions" in done.stderr and not out.exists()
 
 
 def test_foodieqa_validates_before_it_replaces_a_good_file(foodie, tmp_path):
-    from labkit import foodieqa
-    from labkit.validate import DataValidationError
+    from labkit.data import foodieqa
+    from labkit.data.validate import DataValidationError
 
     out = tmp_path / "eval.json"
     foodieqa.convert_foodieqa(foodie, out)
@@ -240,13 +234,12 @@ def test_foodieqa_validates_before_it_replaces_a_good_file(foodie, tmp_path):
                                            (b'[{"question": "\xff\xfe"}]', "not UTF-8")],
                          ids=["json-syntax", "bad-utf8"])
 def test_foodieqa_questions_file_errors_name_the_file(foodie, tmp_path, content, said):
-    from labkit import foodieqa
-
+    from labkit.data import foodieqa
     source = foodie / foodieqa.QUESTIONS_FILE
     source.write_bytes(content)
     with pytest.raises(ValueError, match=re.escape(str(source)) + ": " + said):
         foodieqa.convert_foodieqa(foodie, tmp_path / "eval.json")
-    done = run_cli("labkit.foodieqa", foodie, tmp_path / "eval.json")
+    done = run_cli("labkit.data.foodieqa", foodie, tmp_path / "eval.json")
     assert done.returncode == 2 and str(source) in done.stderr and "Traceback" not in done.stderr
 
 
@@ -257,7 +250,7 @@ def one_record_file(path, record):
 
 
 def test_a_nul_byte_in_an_image_path_is_a_validation_problem(food_one, tmp_path):
-    from labkit.validate import validate
+    from labkit.data.validate import validate
 
     record = json.loads(Path(food_one["food"]["train"]).read_text(encoding="utf-8"))[0]
     record["image"] = "food/train/a\0b.jpg"
@@ -265,15 +258,15 @@ def test_a_nul_byte_in_an_image_path_is_a_validation_problem(food_one, tmp_path)
     report = validate(annotation, food_one["image_folder"])  # used to raise "ValueError: embedded null byte"
     assert not report.ok and "U+0000 (a NUL byte)" in report.summary() and "record 1" in report.summary()
     assert "\0" not in report.summary()
-    done = run_cli("labkit.validate", annotation, "--image-folder", food_one["image_folder"])
+    done = run_cli("labkit.data.validate", annotation, "--image-folder", food_one["image_folder"])
     assert done.returncode == 1 and "NUL byte" in done.stdout and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("turns", [None, [{"from": "human", "value": "<image>\n这是什么菜？"}]],
                          ids=["no-conversations", "one-turn"])
 def test_evaluate_validates_the_file_before_loading_a_model(food_one, tmp_path, turns):
-    from labkit.evaluate import evaluate
-    from labkit.validate import DataValidationError
+    from labkit.eval.evaluate import evaluate
+    from labkit.data.validate import DataValidationError
 
     record = json.loads(Path(food_one["food"]["train"]).read_text(encoding="utf-8"))[0]
     if turns is None:
@@ -289,20 +282,20 @@ def test_evaluate_validates_the_file_before_loading_a_model(food_one, tmp_path, 
 # == unclear errors: the chat CLI, the server, the client =====================================
 def test_chat_cli_checks_question_and_picture_before_loading(tmp_path):
     missing = tmp_path / "no-model"  # were the model loaded first, this would be the error
-    empty = run_cli("labkit.chat", missing, "   ")
+    empty = run_cli("labkit.chat.engines", missing, "   ")
     assert empty.returncode == 2 and "The question is empty" in empty.stderr, empty.stderr
     text = tmp_path / "notes.txt"
     text.write_text("not a picture", encoding="utf-8")
-    picture = run_cli("labkit.chat", missing, "这是什么菜？", "--image", text)
+    picture = run_cli("labkit.chat.engines", missing, "这是什么菜？", "--image", text)
     assert picture.returncode == 2 and str(text) in picture.stderr and "not an image" in picture.stderr
-    folder = run_cli("labkit.chat", missing, "这是什么菜？")
+    folder = run_cli("labkit.chat.engines", missing, "这是什么菜？")
     assert folder.returncode == 2 and f"{missing}: no such model folder" in folder.stderr
     assert "Traceback" not in empty.stderr + picture.stderr + folder.stderr
 
 
 def test_chat_cli_lmdeploy_template_on_a_missing_model_folder(tmp_path):
     out = tmp_path / "template.json"
-    done = run_cli("labkit.chat", tmp_path / "no-model", "--lmdeploy-template", out)
+    done = run_cli("labkit.chat.engines", tmp_path / "no-model", "--lmdeploy-template", out)
     assert done.returncode == 2 and "no-model: no such model folder" in done.stderr
     assert "Traceback" not in done.stderr and not out.exists()
 
@@ -315,7 +308,7 @@ def test_server_on_a_port_in_use_says_which_before_loading(tmp_path):
         taken.listen(1)
         port = taken.getsockname()[1]
         started = time.monotonic()
-        done = run_cli("labkit.server", base_model.ASSET_DIR, "--port", port)
+        done = run_cli("labkit.chat.server", base_model.ASSET_DIR, "--port", port)
     assert done.returncode == 2, done.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "already listens" in done.stderr
     assert "The model was not loaded" in done.stderr and "Traceback" not in done.stderr
@@ -323,7 +316,7 @@ def test_server_on_a_port_in_use_says_which_before_loading(tmp_path):
 
 
 def test_a_base_url_without_http_is_called_malformed():
-    from labkit.chat import ChatInputError, OpenAIEngine
+    from labkit.chat.engines import ChatInputError, OpenAIEngine
 
     for url in ("127.0.0.1:23333/v1", "localhost:23333/v1", "http://:23333/v1", "http://host:port/v1"):
         with pytest.raises(ChatInputError, match=re.escape(repr(url)) + " is malformed"):
@@ -335,16 +328,16 @@ def test_a_base_url_without_http_is_called_malformed():
 def test_checkpoint_output_that_is_a_file(tmp_path):
     out = tmp_path / "model"
     out.write_text("my notes", encoding="utf-8")
-    done = run_cli("labkit.checkpoint", "--tiny", out)
+    done = run_cli("labkit.checkpoints.folder", "--tiny", out)
     assert done.returncode == 2 and f"{out}: is a file, not a folder" in done.stderr and "Traceback" not in done.stderr
     assert out.read_text(encoding="utf-8") == "my notes"
-    check = run_cli("labkit.checkpoint", "--check", out)
+    check = run_cli("labkit.checkpoints.folder", "--check", out)
     assert check.returncode == 2 and f"{out}: is a file, not a model folder" in check.stderr
 
 
 def test_conversion_output_that_is_a_file_is_refused_before_reading_weights(tmp_path):
-    from labkit import settings
-    from labkit.convert import convert
+    from labkit.train import settings
+    from labkit.convert.pipeline import convert
 
     config = settings.write_config(settings.tiny_lora_cpu().replace(model_path=str(base_model.ASSET_DIR)),
                                    tmp_path / "config.py", num_samples=8)
@@ -356,11 +349,11 @@ def test_conversion_output_that_is_a_file_is_refused_before_reading_weights(tmp_
 
 
 def test_run_dir_that_is_a_file(tmp_path):
-    from labkit.workspace import Workspace
+    from labkit.course.workspace import Workspace
 
     run = tmp_path / "run"
     run.write_text("my notes", encoding="utf-8")
-    done = run_cli("labkit.course", "--run-dir", run, "--cache-dir", tmp_path / "cache")
+    done = run_cli("labkit.course.main", "--run-dir", run, "--cache-dir", tmp_path / "cache")
     assert done.returncode == 2 and f"{run}: is a file, not a folder" in done.stderr and "Traceback" not in done.stderr
     with pytest.raises(NotADirectoryError, match=re.escape(str(run))):
         Workspace(run / "inside", tmp_path / "cache")
@@ -369,12 +362,12 @@ def test_run_dir_that_is_a_file(tmp_path):
 
 @pytest.mark.parametrize("text", ["[1, 2]", '"InternVL2"', "null"], ids=["list", "string", "null"])
 def test_a_config_json_that_is_not_an_object_is_named(tmp_path, text):
-    from labkit import plan
+    from labkit.train import plan
     from labkit.tiling import tiling_from_config
 
     config = tmp_path / "config.json"
     config.write_text(text, encoding="utf-8")
-    done = run_cli("labkit.checkpoint", "--config", config, tmp_path / "out")
+    done = run_cli("labkit.checkpoints.folder", "--config", config, tmp_path / "out")
     assert done.returncode == 2 and f"{config}: holds a JSON" in done.stderr and "not an object" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match=re.escape(str(config)) + " holds a JSON .*not an object"):
@@ -386,8 +379,8 @@ def test_a_config_json_that_is_not_an_object_is_named(tmp_path, text):
 # == further bad inputs found while fixing the above ===========================================
 @pytest.mark.parametrize("size", ["0GB", "-1GB", "abc"])
 def test_a_shard_size_that_is_not_positive_is_refused_before_anything_is_read(tmp_path, size):
-    from labkit import settings
-    from labkit.convert import convert
+    from labkit.train import settings
+    from labkit.convert.pipeline import convert
 
     config = settings.write_config(settings.tiny_lora_cpu().replace(model_path=str(base_model.ASSET_DIR)),
                                    tmp_path / "config.py", num_samples=8)
@@ -398,15 +391,14 @@ def test_a_shard_size_that_is_not_positive_is_refused_before_anything_is_read(tm
 
 @pytest.mark.parametrize("limit", [-1, 0])
 def test_evaluate_refuses_a_limit_that_would_drop_samples_silently(food_one, limit):
-    from labkit.evaluate import evaluate
+    from labkit.eval.evaluate import evaluate
 
     with pytest.raises(ValueError, match=f"limit={limit}"):
         evaluate(base_model.ASSET_DIR, food_one["food"]["train"], food_one["image_folder"], limit=limit)
 
 
 def test_a_folder_given_as_annotation_file_is_named(food_one):
-    from labkit import finetune
-
+    from labkit.train import finetune
     s = xtuner_model_type_settings(food_one, data_paths=str(food_one["image_folder"]))
     with pytest.raises(IsADirectoryError, match=re.escape(str(food_one["image_folder"])) + ": is a folder"):
         finetune.check_data(s)
@@ -416,14 +408,14 @@ def test_overwrite_never_replaces_a_folder_that_is_not_a_model(tmp_path):
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "thesis.txt").write_text("precious", encoding="utf-8")
-    done = run_cli("labkit.checkpoint", "--tiny", notes, "--overwrite")
+    done = run_cli("labkit.checkpoints.folder", "--tiny", notes, "--overwrite")
     assert done.returncode == 2 and "holds no config.json, so it is not a model folder" in done.stderr
     assert sorted(p.name for p in notes.iterdir()) == ["thesis.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]  # no temporary folder left
 
 
 def test_an_annotation_file_with_a_byte_order_mark_gets_its_own_advice(tmp_path):
-    from labkit.validate import AnnotationFormatError, read_annotations
+    from labkit.data.validate import AnnotationFormatError, read_annotations
 
     annotation = tmp_path / "train.json"
     annotation.write_bytes(b"\xef\xbb\xbf[]")
@@ -452,15 +444,14 @@ def test_a_safetensors_header_whose_sizes_disagree_is_named(model_copy):
 def test_data_build_inside_a_file_is_a_clear_error(tmp_path):
     notes = tmp_path / "notes"
     notes.write_text("mine", encoding="utf-8")
-    done = run_cli("labkit.data", "build", notes / "data")
+    done = run_cli("labkit.data.build", "build", notes / "data")
     assert done.returncode == 2 and f"{notes}: is a file" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("name, value", [("weight_decay", math.nan), ("weight_decay", math.inf),
                                          ("max_norm", math.inf)])
 def test_settings_refuse_nan_and_infinity(name, value):
-    from labkit import settings
-
+    from labkit.train import settings
     with pytest.raises(settings.SettingsError, match=f"setting {name}={value!r} is not allowed"):
         settings.tiny_lora_cpu().replace(**{name: value})
 
@@ -470,8 +461,8 @@ def test_chat_cli_with_lmdeploy_where_it_cannot_run(tmp_path):
 
     if importlib.util.find_spec("lmdeploy") is not None:
         pytest.skip("LMDeploy is installed here; this checks the message where it is not")
-    missing = run_cli("labkit.chat", tmp_path / "no-model", "你好", "--backend", "lmdeploy")
+    missing = run_cli("labkit.chat.engines", tmp_path / "no-model", "你好", "--backend", "lmdeploy")
     assert missing.returncode == 2 and "no-model: no such model folder" in missing.stderr
-    absent = run_cli("labkit.chat", base_model.ASSET_DIR, "你好", "--backend", "lmdeploy")
+    absent = run_cli("labkit.chat.engines", base_model.ASSET_DIR, "你好", "--backend", "lmdeploy")
     assert absent.returncode == 2 and "LMDeploy is not installed" in absent.stderr
     assert "Traceback" not in missing.stderr + absent.stderr

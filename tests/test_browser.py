@@ -78,7 +78,7 @@ def in_a_browser(test):
 @pytest.fixture(scope="module")
 def food_picture(tmp_path_factory) -> Path:
     """A test picture of 肠粉 from the course's own food data (built in the shared test cache)."""
-    from labkit.workspace import Workspace
+    from labkit.course.workspace import Workspace
 
     return Workspace(tmp_path_factory.mktemp("picture-run"), test_cache_dir()).first_picture_of(DISH)
 
@@ -91,7 +91,7 @@ def expected_answers(base_model_dir, food_picture):  # noqa: F811
     where the bad upload in between changes neither the picture nor the history. Also the
     number of streamed pieces of each answer, to know whether streaming can be seen.
     """
-    from labkit.chat import Settings, TransformersEngine
+    from labkit.chat.engines import Settings, TransformersEngine
 
     engine = TransformersEngine(base_model_dir)  # what notebook 02 builds on a CPU
     settings = Settings()  # the chat cell's sliders start at these values
@@ -138,7 +138,7 @@ def notebook_02(tmp_path, base_model_dir):  # noqa: F811  (built first, so the n
 
 
 class ChatCellDriver:
-    """The chat cell in the page, by its CSS classes (labkit/widget.py gives each part one)."""
+    """The chat cell in the page, by its CSS classes (labkit/chat/widget.py gives each part one)."""
 
     def __init__(self, page):
         self.page = page

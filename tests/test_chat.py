@@ -1,4 +1,4 @@
-"""labkit.chat on the tiny course checkpoint: prompts, streaming, history, settings, bad input.
+"""labkit.chat.engines on the tiny course checkpoint: prompts, streaming, history, settings, bad input.
 
 The tiny model has random weights, so its answers are gibberish; the tests check behaviour:
 what reaches the prompt, that streaming and whole answers agree, that settings reach the
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from fixtures_model import noise_image, tiny_checkpoint  # noqa: F401  (pytest fixture)
-from labkit.chat import (
+from labkit.chat.engines import (
     IMG_CONTEXT,
     ChatInputError,
     ChatSession,
@@ -29,7 +29,7 @@ from labkit.chat import (
     render_prompt,
     trim_pieces,
 )
-from labkit.demo import DemoHandlers
+from labkit.chat.demo import DemoHandlers
 from labkit.model.conversation import INTERNVL_SYSTEM, TEMPLATES, XTUNER_SYSTEM
 
 SHORT = Settings(max_new_tokens=12)
@@ -292,7 +292,7 @@ def assert_demo_serves(engine):
     import socket
     import urllib.request
 
-    from labkit.demo import build_demo
+    from labkit.chat.demo import build_demo
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -321,7 +321,7 @@ def test_lmdeploy_reads_the_same_prompt_as_transformers(tiny_checkpoint):  # noq
     pytest.importorskip("lmdeploy", reason="LMDeploy lives in its own environment (requirements/lmdeploy.txt)")
     from lmdeploy import GenerationConfig
 
-    from labkit.chat import openai_messages, place_image, read_image
+    from labkit.chat.engines import openai_messages, place_image, read_image
 
     reference = TransformersEngine(tiny_checkpoint, device="cuda")
     engine = make_engine(tiny_checkpoint, lmdeploy_backend="pytorch", engine_options={"eager_mode": True})

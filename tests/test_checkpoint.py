@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from fixtures_model import run_python, tiny_checkpoint, tiny_tokenizer  # noqa: F401  (pytest fixtures)
-from labkit.checkpoint import CheckpointError, check_model_folder, load_checkpoint, write_checkpoint
+from labkit.checkpoints.folder import CheckpointError, check_model_folder, load_checkpoint, write_checkpoint
 
 
 @pytest.fixture
@@ -162,7 +162,7 @@ def test_write_with_overwrite_replaces_the_folder(tmp_path, tiny_tokenizer):
 
 
 def test_write_refuses_a_tokenizer_larger_than_the_vocabulary(tmp_path, tiny_tokenizer):
-    from labkit.checkpoint import tiny_config
+    from labkit.checkpoints.folder import tiny_config
 
     config = tiny_config(vocab_size=len(tiny_tokenizer) - 1)
     with pytest.raises(CheckpointError, match=f"{len(tiny_tokenizer)} tokens but llm_config.vocab_size is"):
@@ -171,5 +171,5 @@ def test_write_refuses_a_tokenizer_larger_than_the_vocabulary(tmp_path, tiny_tok
 
 
 def test_cli_check(folder):
-    done = run_python(["-m", "labkit.checkpoint", "--check", folder])
+    done = run_python(["-m", "labkit.checkpoints.folder", "--check", folder])
     assert "looks like a complete InternVL2 checkpoint" in done.stdout

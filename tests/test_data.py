@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit import data, dishes
-from labkit.validate import validate
+from labkit.data import build as data, dishes
+from labkit.data.validate import validate
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"general": {"train": 2, "val": 1, "test": 1}, "food": {"train": 2, "val": 1, "test": 1}}
@@ -149,8 +149,7 @@ def test_is_current_knows_a_build_from_older_defaults(tmp_path):
 
 
 def test_workspace_rebuilds_data_built_with_older_defaults(tmp_path, monkeypatch):
-    from labkit import workspace
-
+    from labkit.course import workspace
     sizes = {"general": {"train": 1, "val": 0, "test": 0}, "food": {"train": 1, "val": 0, "test": 0}}
     cache = tmp_path / "cache"
     data.build_datasets(cache / "data", seed=0, sizes=sizes, held_back_factor=1)
@@ -201,7 +200,7 @@ def test_cli_builds_and_refuses(tmp_path):
     out = tmp_path / "cli"
     sizes = json.dumps({"general": {"train": 1, "val": 0, "test": 0},
                         "food": {"train": 0, "val": 0, "test": 1}})
-    cmd = [sys.executable, "-m", "labkit.data", "build", str(out), "--seed", "4", "--sizes", sizes]
+    cmd = [sys.executable, "-m", "labkit.data.build", "build", str(out), "--seed", "4", "--sizes", sizes]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert (out / "food" / "test.json").is_file() and "pictures" in done.stdout

@@ -5,7 +5,7 @@ import hashlib
 import pytest
 from PIL import Image
 
-from labkit import dishes, render
+from labkit.data import dishes, paint as render
 from labkit.tiling import count_tiles
 
 

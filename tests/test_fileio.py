@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 
 from labkit import fileio
-
-
 @pytest.fixture(params=[0o022, 0o027], ids=["umask-022", "umask-027"])
 def umask(request):
     old = os.umask(request.param)
@@ -87,8 +85,8 @@ def test_a_failed_folder_build_leaves_the_old_folder(tmp_path):
 
 # -- the writers of labkit ----------------------------------------------------------------------
 def test_a_written_checkpoint_is_readable_by_others_and_spares_dot_old(tmp_path, umask):
-    from labkit import base_model
-    from labkit.checkpoint import _prepare_out_dir, _publish, check_model_folder
+    from labkit.course import base_model
+    from labkit.checkpoints.folder import _prepare_out_dir, _publish, check_model_folder
 
     out = tmp_path / "model"
     out.mkdir()
@@ -107,8 +105,8 @@ def test_a_written_checkpoint_is_readable_by_others_and_spares_dot_old(tmp_path,
 
 
 def test_data_sets_and_configs_are_readable_by_others(tmp_path, umask):
-    from labkit import settings
-    from labkit.data import build_datasets
+    from labkit.train import settings
+    from labkit.data.build import build_datasets
 
     sizes = {"general": {"train": 0, "val": 0, "test": 0}, "food": {"train": 0, "val": 0, "test": 1}}
     built = build_datasets(tmp_path / "data", seed=0, sizes=sizes)
@@ -122,8 +120,8 @@ def test_data_sets_and_configs_are_readable_by_others(tmp_path, umask):
 
 
 def test_figures_and_reports_are_readable_by_others(tmp_path, umask):
-    from labkit.plots import save_loss_curve
-    from labkit.render import contact_sheet
+    from labkit.train.loss_plot import save_loss_curve
+    from labkit.data.paint import contact_sheet
 
     curve = save_loss_curve([(1, 2.0), (2, 1.0)], tmp_path / "loss.png")
     sheet = contact_sheet(tmp_path / "sheet.png", seeds=range(1), cell=32, thumb=16)

@@ -1,4 +1,4 @@
-"""labkit.finetune: XTuner's own training on the CPU, judged by evidence; bad input refused early.
+"""labkit.train.finetune: XTuner's own training on the CPU, judged by evidence; bad input refused early.
 
 The runs here are real: XTuner's trainer in a child process, the tiny model, a few samples.
 """
@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 from fixtures_model import tiny_checkpoint  # noqa: F401
 
-from labkit import finetune, settings
-from labkit.checkpoint import CheckpointError
-from labkit.finetune import TrainingError
-from labkit.validate import DataValidationError
+from labkit.train import finetune, settings
+from labkit.checkpoints.folder import CheckpointError
+from labkit.train.finetune import TrainingError
+from labkit.data.validate import DataValidationError
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """The course food data at its smallest: one picture per dish (13 samples)."""
-    from labkit.data import build_datasets
+    from labkit.data.build import build_datasets
 
     sizes = {"general": {"train": 0, "val": 0, "test": 0}, "food": {"train": 1, "val": 0, "test": 0}}
     return build_datasets(tmp_path_factory.mktemp("ft-data") / "data", seed=0, sizes=sizes,
@@ -59,7 +59,7 @@ def test_tiny_lora_run_trains_the_planned_iterations(finished):
 
 
 def test_checkpoint_holds_lora_adapters_and_the_projector(finished):
-    from labkit.convert import read_trained_weights
+    from labkit.convert.pipeline import read_trained_weights
 
     keys = read_trained_weights(finished[0].checkpoint).keys()
     assert any("lora_A" in k for k in keys) and any(k.startswith("model.mlp1.") for k in keys)
@@ -156,39 +156,39 @@ def test_log_lines_are_parsed_as_mmengine_writes_them():
 
 def test_commands_for_each_hardware_path(tmp_path):
     cpu = finetune.launch_command(settings.tiny_lora_cpu(), "c.py", tmp_path)
-    assert cpu[1:3] == ["-m", "labkit.xtuner_launch"] and "--device" in cpu and "cpu" in cpu
+    assert cpu[1:3] == ["-m", "labkit.train.launch"] and "--device" in cpu and "cpu" in cpu
     many = finetune.launch_command(settings.course_gpu().replace(gpus=4, zero_stage=2), "c.py", tmp_path)
     # Written for the course's GPU machines; this laptop has no GPU, so only the command is checked.
     assert many[1:5] == ["-m", "torch.distributed.run", "--nproc-per-node", "4"]
-    assert many[-2:] == ["--deepspeed", "deepspeed_zero2"] and "labkit.xtuner_launch" in many
+    assert many[-2:] == ["--deepspeed", "deepspeed_zero2"] and "labkit.train.launch" in many
 
 
 # -- the committed base model ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def fresh_pictures(tmp_path_factory):
     """New pictures (seed 7, never trained on): 2 of every dish, in the general and food test splits."""
-    from labkit.data import build_datasets
+    from labkit.data.build import build_datasets
 
     sizes = {"general": {"train": 0, "val": 0, "test": 2}, "food": {"train": 0, "val": 0, "test": 2}}
     return build_datasets(tmp_path_factory.mktemp("base-pictures") / "data", seed=7, sizes=sizes)
 
 
 def test_committed_base_model_matches_the_current_code():
-    from labkit import base_model
-    from labkit.checkpoint import TINY_VOCAB, check_model_folder
-    from labkit.tokenizer import course_texts, train_tokenizer
+    from labkit.course import base_model
+    from labkit.checkpoints.folder import TINY_VOCAB, check_model_folder
+    from labkit.checkpoints.tokenizer import course_texts, train_tokenizer
 
     folder = base_model.ASSET_DIR
     check_model_folder(folder)
     assert base_model.stale_code(folder) == [], (
         "labkit/model changed since the base model was built: run "
-        "`python -m labkit.base_model refresh-code labkit/assets/base-tiny` (or rebuild it) and commit")
+        "`python -m labkit.course.base_model refresh-code labkit/assets/base-tiny` (or rebuild it) and commit")
     from transformers import AutoTokenizer
 
     shipped = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=True).get_vocab()
     assert shipped == train_tokenizer(course_texts(), vocab_size=TINY_VOCAB).get_vocab(), (
         "the course texts (dishes, prompts) changed: rebuild the base model "
-        "(python -m labkit.base_model build labkit/assets/base-tiny --overwrite)")
+        "(python -m labkit.course.base_model build labkit/assets/base-tiny --overwrite)")
     report = json.loads((folder / base_model.REPORT_NAME).read_text(encoding="utf-8"))
     assert base_model.BaseCheck(**{k: report["check"][k] for k in
                                    ("known_accuracy", "held_back_accuracy", "sentence_rate", "answers")}).failures() == []
@@ -198,9 +198,9 @@ def test_committed_base_model_answers_new_pictures(fresh_pictures):
     """Loaded with the current code, it names known dishes, never 肠粉, in the sentence form."""
     import torch
 
-    from labkit import base_model
-    from labkit.checkpoint import load_checkpoint
-    from labkit.evaluate import evaluate
+    from labkit.course import base_model
+    from labkit.checkpoints.folder import load_checkpoint
+    from labkit.eval.evaluate import evaluate
 
     torch.set_num_threads(1)
     loaded = load_checkpoint(base_model.ASSET_DIR)
@@ -214,7 +214,6 @@ def test_committed_base_model_answers_new_pictures(fresh_pictures):
 
 
 def test_ensure_base_returns_the_committed_folder(tmp_path):
-    from labkit import base_model
-
+    from labkit.course import base_model
     assert base_model.ensure_base(tmp_path / "cache") == base_model.ASSET_DIR
     assert not (tmp_path / "cache").exists()  # nothing was built

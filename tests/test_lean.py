@@ -1,4 +1,4 @@
-"""labkit.lean.LeanInternVL: XTuner's loss, computed from the supervised positions only."""
+"""labkit.train.lean.LeanInternVL: XTuner's loss, computed from the supervised positions only."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from fixtures_model import noise_image, parity_checkpoint, tiny_checkpoint, tiny_tokenizer  # noqa: F401
 
-from labkit.xtuner_launch import free_port
+from labkit.train.launch import free_port
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,7 +57,7 @@ def _pair(path, lora):
     """XTuner's stock model and the lean one, identical weights, float32, LoRA B non-zero."""
     from peft import LoraConfig
 
-    from labkit.lean import LeanInternVL
+    from labkit.train.lean import LeanInternVL
     from xtuner.model import InternVL_V1_5
 
     kwargs = dict(freeze_llm=lora, freeze_visual_encoder=True,
@@ -135,7 +135,7 @@ def test_frozen_weights_stay_bfloat16_and_checkpointing_can_be_turned_off(parity
     keeps the adapters in float32, and gives the same loss with or without checkpointing."""
     from peft import LoraConfig
 
-    from labkit.lean import LeanInternVL
+    from labkit.train.lean import LeanInternVL
 
     def build(**options):
         return LeanInternVL(str(parity_checkpoint), freeze_llm=True, freeze_visual_encoder=True,
@@ -165,7 +165,7 @@ def test_lora_inputs_stay_bfloat16_under_autocast_with_the_same_loss(parity_chec
     from peft import LoraConfig
     from peft.tuners.lora import LoraLayer
 
-    from labkit.lean import LeanInternVL
+    from labkit.train.lean import LeanInternVL
 
     lean = LeanInternVL(str(parity_checkpoint), freeze_llm=True, freeze_visual_encoder=True,
                         llm_lora=dict(type=LoraConfig, **LORA))

@@ -21,7 +21,7 @@ from fixtures_model import (  # noqa: F401  (pytest fixtures)
     tiny_checkpoint,
     tiny_tokenizer,
 )
-from labkit.checkpoint import INTERNVL2_2B_CONFIG, build_model, load_config
+from labkit.checkpoints.folder import INTERNVL2_2B_CONFIG, build_model, load_config
 from labkit.model import pixel_shuffle
 
 # --- 1. a checkpoint stands on its own: fresh process, Auto classes, remote code ------------
@@ -322,7 +322,7 @@ def expected_internvl2_2b_shapes():
 
 @pytest.fixture(scope="module")
 def full_size_meta_model():
-    """InternVL2-2B's architecture from configs/internvl2-2b/config.json, on the meta device."""
+    """InternVL2-2B's architecture from labkit/assets/internvl2-2b/config.json, on the meta device."""
     return build_model(load_config(INTERNVL2_2B_CONFIG), device="meta")
 
 
@@ -338,7 +338,7 @@ def test_full_size_names_and_shapes_match_the_official_checkpoint(full_size_meta
 def test_full_size_parameter_count_equals_transformers_internvl(full_size_meta_model):
     from transformers import InternVLForConditionalGeneration
 
-    from labkit.reference import reference_config
+    from labkit.checkpoints.reference import reference_config
 
     ours = sum(p.numel() for p in full_size_meta_model.parameters())
     with torch.device("meta"):

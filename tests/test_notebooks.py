@@ -1,6 +1,6 @@
 """The five course notebooks: committed clean, built the same way, and executed for real.
 
-The slow test runs the main job (`labkit.course.run_course`: papermill over notebooks 01-05 in
+The slow test runs the main job (`labkit.course.main.run_course`: papermill over notebooks 01-05 in
 order, on the tiny default) and checks what the notebooks produced - the files, the figures
 and the numbers - not merely that no cell raised.
 """
@@ -13,7 +13,7 @@ import nbformat
 import pytest
 from PIL import Image
 
-from labkit.course import NOTEBOOKS, REPO_ROOT, run_course
+from labkit.course.main import NOTEBOOKS, REPO_ROOT, run_course
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 

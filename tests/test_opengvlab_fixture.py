@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from fixtures_model import image_tiles, randomize_, run_python
-from labkit.checkpoint import build_model, tiny_config, write_checkpoint
+from labkit.checkpoints.folder import build_model, tiny_config, write_checkpoint
 from opengvlab_like_folder import (  # noqa: F401  (pytest fixture)
     ADDED_TOKENS,
     FIXTURE_SYSTEM_MESSAGE,
@@ -87,7 +87,7 @@ def spliced_embeds(model, input_ids, pixel_values):
 
 # -- the folder and its tokenizer --------------------------------------------------------------
 def test_folder_is_laid_out_like_opengvlabs(opengvlab_like_checkpoint, folder_config):
-    from labkit.checkpoint import check_model_folder
+    from labkit.checkpoints.folder import check_model_folder
 
     names = {p.name for p in opengvlab_like_checkpoint.iterdir()}
     assert set(REMOTE_CODE_FILES) | {"config.json", "generation_config.json", "model.safetensors", "tokenizer.model",

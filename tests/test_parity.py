@@ -2,7 +2,7 @@
 
 The tiny parity checkpoint (every weight random, see fixtures_model.py) is loaded through its
 remote code, its weights are renamed and split into ``InternVLForConditionalGeneration``
-(labkit/reference.py), and both models read the same prompt with the same image tiles.
+(labkit/checkpoints/reference.py), and both models read the same prompt with the same image tiles.
 Equal logits mean labkit computes what InternVL2 computes: fused wqkv split per kv group,
 pixel shuffle v2, layer scales, the projector, rotary positions with dynamic NTK scaling.
 """
@@ -19,8 +19,8 @@ from fixtures_model import (  # noqa: F401  (pytest fixtures)
     tiny_checkpoint,
     tiny_tokenizer,
 )
-from labkit.checkpoint import build_model, tiny_config
-from labkit.reference import build_reference_model, split_wqkv, to_reference_state_dict
+from labkit.checkpoints.folder import build_model, tiny_config
+from labkit.checkpoints.reference import build_reference_model, split_wqkv, to_reference_state_dict
 
 TOLERANCE = 1e-4  # float32 on both sides; observed differences are about 3e-6
 

@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from labkit import plan
-
+from labkit.train import plan
 REPO = Path(__file__).resolve().parent.parent
-REAL_CONFIG = REPO / "configs" / "internvl2-2b" / "config.json"
+REAL_CONFIG = REPO / "labkit" / "assets" / "internvl2-2b" / "config.json"
 
 # The InternVL2-2B numbers of /work/shared/internvl2-format.md section 2, written out here so
 # the planner is checked against the documented sizes, not against its own defaults.
@@ -80,7 +79,7 @@ def test_refitting_reproduces_the_calibration():
 
 def test_real_config_file_gives_the_same_plan_as_section_2():
     if not REAL_CONFIG.is_file():
-        pytest.skip("configs/internvl2-2b/config.json is not there yet")
+        pytest.skip("labkit/assets/internvl2-2b/config.json is not there yet")
     for folder_or_file in (REAL_CONFIG, REAL_CONFIG.parent):
         assert anchor_plan(folder_or_file, 4, False).total == anchor_plan(SECTION_2, 4, False).total
 
@@ -293,12 +292,12 @@ def test_bad_config_names_the_file_or_key(tmp_path):
 
 
 def tiny_config():
-    from labkit.checkpoint import tiny_config as make
+    from labkit.checkpoints.folder import tiny_config as make
     return make()
 
 
 def test_parameter_counts_match_a_real_model():
-    from labkit.checkpoint import build_model
+    from labkit.checkpoints.folder import build_model
 
     config = tiny_config()
     model = build_model(config)
@@ -323,7 +322,7 @@ def test_internvl2_2b_has_2_2_billion_parameters():
 
 def test_lora_count_matches_peft():
     peft = pytest.importorskip("peft")
-    from labkit.checkpoint import build_model
+    from labkit.checkpoints.folder import build_model
 
     config = tiny_config()
     lm = build_model(config).language_model
@@ -337,7 +336,7 @@ def test_lora_count_matches_peft():
 @pytest.mark.parametrize("engine", ["transformers", "labkit"])
 def test_layer_activation_list_matches_tensors_saved_by_a_real_layer(engine):
     """Sum the tensors autograd really saves in one InternLM2 layer with fp32 LoRA adapters:
-    as PEFT runs it (inputs cast to fp32), and as labkit.lean runs it (bf16 autocast, no cast)."""
+    as PEFT runs it (inputs cast to fp32), and as labkit.train.lean runs it (bf16 autocast, no cast)."""
     peft = pytest.importorskip("peft")
     from labkit.model.configuration_internlm2 import InternLM2Config
     from labkit.model.modeling_internlm2 import InternLM2DecoderLayer

@@ -23,11 +23,11 @@ from opengvlab_like_folder import (  # noqa: F401  (pytest fixture)
     FIXTURE_SYSTEM_MESSAGE, REMOTE_CODE_FILES, TEMPLATE, opengvlab_like_checkpoint,
 )
 
-from labkit import remote_code
-from labkit.chat import (ChatInputError, Settings, TransformersEngine, clean_answer, lmdeploy_chat_template,
+from labkit.checkpoints import remote_code
+from labkit.chat.engines import (ChatInputError, Settings, TransformersEngine, clean_answer, lmdeploy_chat_template,
                          render_prompt, resolve_template)
-from labkit.checkpoint import CheckpointError, check_model_folder, load_checkpoint
-from labkit.remote_code import FolderTemplates, RemoteCodeError, adapt_for_generation, missing_packages
+from labkit.checkpoints.folder import CheckpointError, check_model_folder, load_checkpoint
+from labkit.checkpoints.remote_code import FolderTemplates, RemoteCodeError, adapt_for_generation, missing_packages
 
 QUESTION = "图中的菜是什么？"
 GREEDY = dict(max_new_tokens=6, do_sample=False)
@@ -82,7 +82,7 @@ def test_missing_packages_are_named_with_the_file_that_imports_them(tmp_path):
 
 def test_the_folder_check_names_timm_when_it_is_missing(opengvlab_like_checkpoint):  # noqa: F811
     code = HIDE_PACKAGE.format(name="timm") + (
-        "from labkit.checkpoint import check_model_folder, CheckpointError\n"
+        "from labkit.checkpoints.folder import check_model_folder, CheckpointError\n"
         f"try:\n    check_model_folder({str(opengvlab_like_checkpoint)!r})\n"
         "except CheckpointError as err:\n    print('REFUSED', err)\n")
     done = run_python(["-c", code])
@@ -92,7 +92,7 @@ def test_the_folder_check_names_timm_when_it_is_missing(opengvlab_like_checkpoin
 def test_refresh_code_leaves_a_folder_with_its_own_code_alone(opengvlab_like_checkpoint, tmp_path):  # noqa: F811
     folder = shutil.copytree(opengvlab_like_checkpoint, tmp_path / "own-code")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    done = subprocess.run([sys.executable, "-m", "labkit.base_model", "refresh-code", str(folder)],
+    done = subprocess.run([sys.executable, "-m", "labkit.course.base_model", "refresh-code", str(folder)],
                           capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert done.returncode == 2 and "not labkit's (tokenization_internlm2.py" in done.stderr
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
@@ -222,18 +222,18 @@ def test_lmdeploy_template_fields_reproduce_the_folders_prompt(opengvlab_like_ch
 
 
 def test_the_chat_cli_answers_with_the_folders_code(opengvlab_like_checkpoint, picture, engine, tmp_path):  # noqa: F811
-    done = run_python(["-m", "labkit.chat", opengvlab_like_checkpoint, QUESTION, "--image", picture,
+    done = run_python(["-m", "labkit.chat.engines", opengvlab_like_checkpoint, QUESTION, "--image", picture,
                        "--max-new-tokens", "8", "--backend", "transformers"])
     assert done.stdout.strip().splitlines()[-1] == engine.ask(QUESTION, picture, settings=Settings(max_new_tokens=8))
     out = tmp_path / "template.json"
-    run_python(["-m", "labkit.chat", opengvlab_like_checkpoint, "--lmdeploy-template", out])
+    run_python(["-m", "labkit.chat.engines", opengvlab_like_checkpoint, "--lmdeploy-template", out])
     assert json.loads(out.read_text(encoding="utf-8"))["meta_instruction"] == FIXTURE_SYSTEM_MESSAGE
 
 
 def test_the_server_answers_as_the_local_engine(opengvlab_like_checkpoint, engine, picture):  # noqa: F811
     from test_server import serve
 
-    from labkit.chat import OpenAIEngine
+    from labkit.chat.engines import OpenAIEngine
 
     with serve(opengvlab_like_checkpoint) as url:
         client = OpenAIEngine(url, timeout=120)
@@ -242,7 +242,7 @@ def test_the_server_answers_as_the_local_engine(opengvlab_like_checkpoint, engin
 
 
 def test_the_demo_handlers_chat_with_the_folder(engine, picture):
-    from labkit.demo import DemoHandlers
+    from labkit.chat.demo import DemoHandlers
 
     handlers = DemoHandlers(engine)
     chat, history, box, error, prompt = list(handlers.respond(QUESTION, str(picture), [], 0.0, 0.8, 8, True))[-1]
@@ -257,7 +257,7 @@ def test_the_web_demo_serves_the_folder(engine):
 
 
 def test_the_architecture_trace_runs_on_the_folders_code(loaded):
-    from labkit.architecture import parameter_table, trace_image
+    from labkit.course.architecture import parameter_table, trace_image
 
     model, tokenizer = loaded
     stages = trace_image(model, tokenizer, noise_image(192, 64))
@@ -271,7 +271,7 @@ def test_training_samples_carry_the_folders_own_system_prompt(opengvlab_like_che
     from xtuner.utils import PROMPT_TEMPLATE
 
     from labkit.model.conversation import XTUNER_SYSTEM
-    from labkit.xtuner_dataset import FolderPromptDataset
+    from labkit.train.dataset import FolderPromptDataset
 
     noise_image(64, 64).save(tmp_path / "dish.png")
     records = [{"image": "dish.png", "conversations": [{"from": "human", "value": "<image>\n" + QUESTION},
@@ -288,8 +288,8 @@ def test_training_samples_carry_the_folders_own_system_prompt(opengvlab_like_che
 @pytest.fixture(scope="module")
 def trained_opengvlab_like(opengvlab_like_checkpoint, tmp_path_factory):  # noqa: F811
     """The stand-in pretrained like labkit's base model: XTuner full fine-tune, conversion, targets."""
-    from labkit.base_model import build
-    from labkit.workspace import Workspace
+    from labkit.course.base_model import build
+    from labkit.course.workspace import Workspace
 
     from test_notebooks import shared_cache
 
@@ -316,7 +316,7 @@ def test_xtuner_trains_and_conversion_keeps_the_folders_code(trained_opengvlab_l
 
 @pytest.mark.slow
 def test_every_notebook_runs_on_the_folder(trained_opengvlab_like, tmp_path):
-    from labkit.course import NOTEBOOKS, run_course
+    from labkit.course.main import NOTEBOOKS, run_course
 
     from test_notebooks import shared_cache
 

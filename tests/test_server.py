@@ -1,4 +1,4 @@
-"""OpenAIEngine against a real ``python -m labkit.server`` on 127.0.0.1 serving the tiny model.
+"""OpenAIEngine against a real ``python -m labkit.chat.server`` on 127.0.0.1 serving the tiny model.
 
 The server runs in its own process, as a student starts it; every answer it gives is compared
 with the in-process TransformersEngine on the same checkpoint, so the whole path - request
@@ -20,7 +20,7 @@ import urllib.request
 import pytest
 
 from fixtures_model import REPO_ROOT, noise_image, tiny_checkpoint  # noqa: F401  (pytest fixture)
-from labkit.chat import ChatInputError, OpenAIEngine, Settings, TransformersEngine
+from labkit.chat.engines import ChatInputError, OpenAIEngine, Settings, TransformersEngine
 
 START_TIMEOUT_S = 180
 SHORT = Settings(max_new_tokens=16)
@@ -28,11 +28,11 @@ SHORT = Settings(max_new_tokens=16)
 
 @contextlib.contextmanager
 def serve(model_dir):
-    """Start ``labkit.server`` for ``model_dir`` on a free port (port 0; it prints its URL); yield the
+    """Start ``labkit.chat.server`` for ``model_dir`` on a free port (port 0; it prints its URL); yield the
     URL; stop it afterwards - also on failure."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "labkit.server", str(model_dir), "--port", "0", "--quiet"],
+        [sys.executable, "-m", "labkit.chat.server", str(model_dir), "--port", "0", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT,
     )
     lines = queue.Queue()
@@ -43,13 +43,13 @@ def serve(model_dir):
         while url is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or process.poll() is not None:
-                pytest.fail(f"labkit.server did not start within {START_TIMEOUT_S} s:\n{''.join(seen)}")
+                pytest.fail(f"labkit.chat.server did not start within {START_TIMEOUT_S} s:\n{''.join(seen)}")
             try:
                 line = lines.get(timeout=min(remaining, 5))
             except queue.Empty:
                 continue
             seen.append(line)
-            if "labkit.server: serving" in line:
+            if "labkit.chat.server: serving" in line:
                 url = line.rsplit(" at ", 1)[1].strip()
         yield url
     finally:
@@ -152,5 +152,5 @@ def test_client_reports_server_refusals_and_absence(client, server_url):
     with pytest.raises(ChatInputError, match="not served here"):
         OpenAIEngine(server_url, model="InternVL2-76B", timeout=30).ask("你好", settings=SHORT)
     nobody = OpenAIEngine("http://127.0.0.1:9/v1", model="x", timeout=5)  # port 9: nothing listens
-    with pytest.raises(ConnectionError, match="labkit.server"):
+    with pytest.raises(ConnectionError, match="labkit.chat.server"):
         nobody.ask("你好")

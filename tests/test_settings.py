@@ -1,4 +1,4 @@
-"""labkit.settings: one typed source of every knob, and the XTuner configs rendered from it."""
+"""labkit.train.settings: one typed source of every knob, and the XTuner configs rendered from it."""
 from __future__ import annotations
 
 import subprocess
@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from labkit import settings as S
-from labkit.settings import Settings, SettingsError  # noqa: F401
+from labkit.train import settings as S
+from labkit.train.settings import Settings, SettingsError  # noqa: F401
 from fixtures_model import tiny_checkpoint  # noqa: F401,E402
 
 REPO_ROOT = S.REPO_ROOT
@@ -92,11 +92,11 @@ def test_a_failed_replace_leaves_the_original_untouched():
 
 # -- rendering ----------------------------------------------------------------------------
 def test_committed_configs_equal_their_render():
-    assert S.stale_configs() == [], "run `python -m labkit.settings render` and commit configs/"
+    assert S.stale_configs() == [], "run `python -m labkit.train.settings render` and commit configs/"
 
 
 def test_settings_check_command():
-    done = subprocess.run([sys.executable, "-m", "labkit.settings", "check"], cwd=REPO_ROOT,
+    done = subprocess.run([sys.executable, "-m", "labkit.train.settings", "check"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -220,7 +220,7 @@ def test_several_annotation_files_build_one_xtuner_dataset(tmp_path, tiny_checkp
     """XTuner wants as many image folders and repeat counts as annotation files."""
     from mmengine.config import Config
 
-    from labkit.data import build_datasets
+    from labkit.data.build import build_datasets
     from xtuner.registry import BUILDER
 
     sizes = {"general": {"train": 1, "val": 0, "test": 0}, "food": {"train": 1, "val": 0, "test": 0}}

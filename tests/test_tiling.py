@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 
 from labkit import tiling
-
 xtuner_dataset = pytest.importorskip(
     "xtuner.dataset.internvl_dataset", reason="XTuner is the reference implementation"
 )

@@ -1,4 +1,4 @@
-"""labkit.widget.ChatCell driven headlessly: set widget values, press buttons, read the areas.
+"""labkit.chat.widget.ChatCell driven headlessly: set widget values, press buttons, read the areas.
 
 A real-browser test selects the same parts by their CSS classes, so those are checked too.
 """
@@ -11,8 +11,8 @@ import io
 import pytest
 
 from fixtures_model import noise_image, tiny_checkpoint  # noqa: F401  (pytest fixture)
-from labkit.chat import ChatEngine, Settings, TransformersEngine
-from labkit.widget import ChatCell
+from labkit.chat.engines import ChatEngine, Settings, TransformersEngine
+from labkit.chat.widget import ChatCell
 
 CSS = {
     "upload": "labkit-chat-upload", "preview": "labkit-chat-preview", "input": "labkit-chat-input",

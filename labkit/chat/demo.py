@@ -3,9 +3,9 @@
 ::
 
     pip install -r requirements/demo.txt        # gradio is optional: the notebooks do not need it
-    python -m labkit.demo models/tiny            # then open http://127.0.0.1:7860
+    python -m labkit.chat.demo models/tiny            # then open http://127.0.0.1:7860
 
-The page uses the same engines as the notebooks (:func:`labkit.chat.make_engine` picks LMDeploy
+The page uses the same engines as the notebooks (:func:`labkit.chat.engines.make_engine` picks LMDeploy
 on a GPU that has it, transformers otherwise) and the same template, so the answers match the
 chat cell's. It listens on 127.0.0.1 only, unless you pass ``--host``.
 
@@ -20,7 +20,7 @@ import html
 import os
 import sys
 
-from labkit.chat import ChatInputError, Settings, check_question, display_question, place_image
+from labkit.chat.engines import ChatInputError, Settings, check_question, display_question, place_image
 
 
 def _import_gradio():
@@ -30,7 +30,7 @@ def _import_gradio():
     except ImportError:
         raise ImportError(
             "The web demo needs gradio, an optional extra: pip install -r requirements/demo.txt "
-            "(in a notebook, use labkit.widget.ChatCell instead)."
+            "(in a notebook, use labkit.chat.widget.ChatCell instead)."
         ) from None
     return gradio
 
@@ -116,7 +116,7 @@ def build_demo(engine, title="InternVL2 chat"):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m labkit.demo", description="Chat with a checkpoint in the browser.")
+    parser = argparse.ArgumentParser(prog="python -m labkit.chat.demo", description="Chat with a checkpoint in the browser.")
     parser.add_argument("model_dir", help="an official-format checkpoint folder")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
@@ -124,12 +124,12 @@ def main(argv=None):
     parser.add_argument("--template", help="chat template (default: the model's config)")
     args = parser.parse_args(argv)
     _import_gradio()  # fail fast, before loading the model
-    from labkit.chat import make_engine
+    from labkit.chat.engines import make_engine
 
     kwargs = {"template": args.template} if args.template else {}
     engine = make_engine(args.model_dir, args.backend, **kwargs)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"labkit.demo: listening on {args.host}: other machines can reach this page.", file=sys.stderr)
+        print(f"labkit.chat.demo: listening on {args.host}: other machines can reach this page.", file=sys.stderr)
     build_demo(engine).queue(max_size=16).launch(server_name=args.host, server_port=args.port, share=False)
     return 0
 

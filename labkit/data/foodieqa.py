@@ -25,7 +25,7 @@ Each becomes one record, image paths relative to FOODIE_ROOT (use it as the imag
     human: "<image>\\n<question> A. ... B. ... C. ... D. ..."
     gpt:   "B，图中的菜是<food_name>。"
 
-    python -m labkit.foodieqa FOODIE_ROOT OUT.json [--question-type food_name]
+    python -m labkit.data.foodieqa FOODIE_ROOT OUT.json [--question-type food_name]
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ import sys
 from pathlib import Path, PurePosixPath
 
 from labkit import fileio
-from labkit.dishes import ANSWER_PREFIX
-from labkit.validate import IMAGE_TAG, validate
+from labkit.data.dishes import ANSWER_PREFIX
+from labkit.data.validate import IMAGE_TAG, validate
 
 QUESTIONS_FILE = "sivqa_tidy.json"
 LETTERS = "ABCDEFGH"
@@ -131,7 +131,7 @@ def convert_foodieqa(foodie_root: str | os.PathLike, out_path: str | os.PathLike
 
     purpose: "eval" (allowed) or "train" (refused unless `acknowledge_terms=True`).
     question_types: keep only these `question_type` values (None keeps all).
-    check: run labkit.validate on the records (images must decode) before anything is written.
+    check: run labkit.data.validate on the records (images must decode) before anything is written.
     Returns {"out_path", "image_folder", "written", "skipped": [(index, reason), ...]}.
     """
     print_licence()
@@ -180,7 +180,7 @@ def convert_foodieqa(foodie_root: str | os.PathLike, out_path: str | os.PathLike
 
 def main(argv: list[str] | None = None) -> int:
     """Command line wrapper around convert_foodieqa."""
-    parser = argparse.ArgumentParser(prog="python -m labkit.foodieqa",
+    parser = argparse.ArgumentParser(prog="python -m labkit.data.foodieqa",
                                      description="Convert FoodieQA sivqa questions (evaluation only).")
     parser.add_argument("foodie_root", help="folder holding sivqa_tidy.json and images/")
     parser.add_argument("out", help="annotation .json to write")

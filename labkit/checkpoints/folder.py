@@ -8,9 +8,9 @@ InternVL2-2B's real architecture with random weights (for GPU memory and speed m
 
 CLI::
 
-    python -m labkit.checkpoint --tiny OUT_DIR            # the tiny course model, random weights
-    python -m labkit.checkpoint --config configs/internvl2-2b/config.json OUT_DIR
-    python -m labkit.checkpoint --check MODEL_DIR          # check a folder before loading it
+    python -m labkit.checkpoints.folder --tiny OUT_DIR            # the tiny course model, random weights
+    python -m labkit.checkpoints.folder --config labkit/assets/internvl2-2b/config.json OUT_DIR
+    python -m labkit.checkpoints.folder --check MODEL_DIR          # check a folder before loading it
 """
 import argparse
 import json
@@ -25,11 +25,11 @@ import torch
 
 from labkit import fileio
 from labkit import model as model_code
-from labkit.remote_code import RemoteCodeError, adapt_for_generation, check_imports, quiet_generation_warning
-from labkit.tokenizer import course_texts, missing_tokens, train_tokenizer
+from labkit.checkpoints.remote_code import RemoteCodeError, adapt_for_generation, check_imports, quiet_generation_warning
+from labkit.checkpoints.tokenizer import course_texts, missing_tokens, train_tokenizer
+from labkit.fileio import PACKAGE_DIR
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-INTERNVL2_2B_CONFIG = REPO_ROOT / "configs" / "internvl2-2b" / "config.json"
+INTERNVL2_2B_CONFIG = PACKAGE_DIR / "assets" / "internvl2-2b" / "config.json"  # shipped with labkit
 AUTO_MAP = {
     "AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
     "AutoModel": "modeling_internvl_chat.InternVLChatModel",
@@ -329,7 +329,7 @@ def check_model_folder(path):
         raise CheckpointError(f"{folder}: is a file, not a model folder; pass the folder that holds config.json "
                               "and model.safetensors.")
     if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such model folder. Build one with `python -m labkit.checkpoint --tiny {folder}`.")
+        raise CheckpointError(f"{folder}: no such model folder. Build one with `python -m labkit.checkpoints.folder --tiny {folder}`.")
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{config_path}: missing; a model folder needs config.json.")
@@ -399,7 +399,7 @@ def load_checkpoint(path, dtype=torch.float32, device="cpu", code="folder"):
     """Check, then load (model, tokenizer) with transformers' Auto classes and remote code.
 
     ``code="folder"`` (the default) runs the folder's own remote code, through labkit's
-    compatibility layer (:func:`labkit.remote_code.adapt_for_generation`), so OpenGVLab's
+    compatibility layer (:func:`labkit.checkpoints.remote_code.adapt_for_generation`), so OpenGVLab's
     InternVL2 code generates under the pinned transformers too. ``code="labkit"`` runs the
     folder's weights with labkit's own model code (``labkit/model/``) instead: the parameter
     names and shapes are the same, and a test shows both give the same logits. The tokenizer
@@ -445,10 +445,10 @@ def _load_with_labkit_code(path, config, dtype):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m labkit.checkpoint", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m labkit.checkpoints.folder", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="folder to write (or to check, with --check)")
     parser.add_argument("--tiny", action="store_true", help="write the tiny course model")
-    parser.add_argument("--config", help="write this config.json's architecture (e.g. configs/internvl2-2b/config.json)")
+    parser.add_argument("--config", help="write this config.json's architecture (e.g. labkit/assets/internvl2-2b/config.json)")
     parser.add_argument("--check", action="store_true", help="only check an existing folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")

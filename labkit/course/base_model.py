@@ -5,11 +5,11 @@ sentence form "图中的菜是X。", and has never seen the held-back dishes (�
 fine-tune has something visible to teach. It is made the way InternVL itself is made - by
 training - only tiny:
 
-1. write a tiny InternVL2 checkpoint with random weights (`labkit.checkpoint`);
-2. render the course data (`labkit.data`); the ``general`` set holds the known dishes only;
+1. write a tiny InternVL2 checkpoint with random weights (`labkit.checkpoints.folder`);
+2. render the course data (`labkit.data.build`); the ``general`` set holds the known dishes only;
 3. fully fine-tune every weight (vision tower, projector, language model) on ``general/train``
-   with XTuner (`labkit.finetune`, preset `labkit.settings.tiny_pretrain_cpu`);
-4. turn XTuner's ``.pth`` into an official-format folder (`labkit.convert`);
+   with XTuner (`labkit.train.finetune`, preset `labkit.train.settings.tiny_pretrain_cpu`);
+4. turn XTuner's ``.pth`` into an official-format folder (`labkit.convert.pipeline`);
 5. check it on the test splits: known dishes >= 80 % right, held-back dishes <= 10 % right
    (it has never seen them, so it names another dish), >= 95 % of answers in sentence form.
    A model that misses a target is not published.
@@ -18,9 +18,9 @@ That takes several minutes on a 2-core laptop, so the result is committed under
 ``labkit/assets/base-tiny`` (bf16 safetensors, about 2 MB) together with ``base-model.json``
 (the figures, the seed, the settings). Rebuild it with::
 
-    python -m labkit.base_model build labkit/assets/base-tiny --overwrite [--seed 1]
-    python -m labkit.base_model check labkit/assets/base-tiny     # re-measure the targets
-    python -m labkit.base_model refresh-code labkit/assets/base-tiny   # after a model-code fix
+    python -m labkit.course.base_model build labkit/assets/base-tiny --overwrite [--seed 1]
+    python -m labkit.course.base_model check labkit/assets/base-tiny     # re-measure the targets
+    python -m labkit.course.base_model refresh-code labkit/assets/base-tiny   # after a model-code fix
 
 Notebooks and the main job call `ensure_base()`, which returns the committed folder (or, if it
 is missing, builds one into a cache folder named after a fingerprint of the code that makes it).
@@ -36,8 +36,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from labkit.fileio import PACKAGE_DIR
 
-PACKAGE_DIR = Path(__file__).resolve().parent
 ASSET_DIR = PACKAGE_DIR / "assets" / "base-tiny"
 REPORT_NAME = "base-model.json"
 TARGETS = {"known_min": 0.80, "held_back_max": 0.10, "sentence_min": 0.95}
@@ -82,7 +82,7 @@ class BaseCheck:
 
 def pretrain_settings(model_path, data_root, seed=0):
     """The full fine-tune that makes the base model (`settings.tiny_pretrain_cpu`) on ``data_root``."""
-    from labkit.settings import tiny_pretrain_cpu
+    from labkit.train.settings import tiny_pretrain_cpu
 
     data_root = Path(data_root)
     return tiny_pretrain_cpu().replace(model_path=str(model_path),
@@ -92,8 +92,8 @@ def pretrain_settings(model_path, data_root, seed=0):
 
 def check_base(model_dir, data_root) -> BaseCheck:
     """Measure the targets on ``data_root``'s test splits (greedy answers, as students ask)."""
-    from labkit.checkpoint import load_checkpoint
-    from labkit.evaluate import evaluate
+    from labkit.checkpoints.folder import load_checkpoint
+    from labkit.eval.evaluate import evaluate
 
     data_root = Path(data_root)
     loaded = load_checkpoint(model_dir)
@@ -128,14 +128,14 @@ def build(out_dir, seed=DEFAULT_SEED, data_root=None, work_dir=None, overwrite=F
 
     ``seed`` decides the random weights and the data order; the pictures are the course data
     (``data_seed``), rendered afresh unless ``data_root`` names a folder built by
-    `labkit.data.build_datasets`. ``work_dir`` keeps the intermediate files (else a temporary
+    `labkit.data.build.build_datasets`. ``work_dir`` keeps the intermediate files (else a temporary
     folder, removed at the end).
     """
     from labkit import fileio
-    from labkit.checkpoint import _prepare_out_dir, _publish, write_checkpoint
-    from labkit.convert import convert
-    from labkit.data import build_datasets
-    from labkit.finetune import train
+    from labkit.checkpoints.folder import _prepare_out_dir, _publish, write_checkpoint
+    from labkit.convert.pipeline import convert
+    from labkit.data.build import build_datasets
+    from labkit.train.finetune import train
 
     started = time.monotonic()
     out_dir, stage = _prepare_out_dir(out_dir, overwrite)
@@ -168,7 +168,7 @@ def build(out_dir, seed=DEFAULT_SEED, data_root=None, work_dir=None, overwrite=F
                                  f"nothing was published. Training log: {result.log_path}")
         timings["total_s"] = round(time.monotonic() - started, 1)
         report = {
-            "command": f"python -m labkit.base_model build {out_dir} --seed {seed}" + (f" --start {start}" if start else ""),
+            "command": f"python -m labkit.course.base_model build {out_dir} --seed {seed}" + (f" --start {start}" if start else ""),
             "seed": seed, "data_seed": data_seed, "fingerprint": fingerprint(),
             "check": asdict(check), "targets": TARGETS,
             "timings": timings, "iterations": result.iterations, "final_loss": result.losses[-1][1],
@@ -190,7 +190,6 @@ def build(out_dir, seed=DEFAULT_SEED, data_root=None, work_dir=None, overwrite=F
 def stale_code(model_dir) -> list[str]:
     """Remote-code files in ``model_dir`` that differ from labkit/model (the current model code)."""
     from labkit import model as model_code
-
     code_dir = Path(model_code.__file__).parent
     return [name for name in model_code.REMOTE_CODE_FILES
             if not (Path(model_dir) / name).is_file()
@@ -205,7 +204,6 @@ def refresh_code(model_dir) -> list[str]:
     """
     from labkit import fileio
     from labkit import model as model_code
-
     _check_code_target(model_dir)
     code_dir = Path(model_code.__file__).parent
     changed = stale_code(model_dir)
@@ -217,7 +215,7 @@ def refresh_code(model_dir) -> list[str]:
 def _check_code_target(model_dir) -> None:
     """Only an InternVL2 checkpoint folder gets model code: config.json with both parts, and weights."""
     from labkit import model as model_code
-    from labkit.checkpoint import CheckpointError, load_config
+    from labkit.checkpoints.folder import CheckpointError, load_config
 
     folder = Path(model_dir)
     if not folder.exists():
@@ -255,7 +253,7 @@ def ensure_base(cache_dir=None, progress=True) -> Path:
     base model once into ``cache_dir/base-tiny-<fingerprint>`` (default ``~/.cache/labkit``,
     or ``$LABKIT_CACHE``) and returns that; a later call finds it.
     """
-    from labkit.checkpoint import check_model_folder
+    from labkit.checkpoints.folder import check_model_folder
 
     if (ASSET_DIR / "config.json").is_file():
         check_model_folder(ASSET_DIR)
@@ -268,12 +266,12 @@ def ensure_base(cache_dir=None, progress=True) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m labkit.base_model", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m labkit.course.base_model", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="action", required=True)
     b = sub.add_parser("build", help="build the base model from scratch (several minutes on a CPU)")
     b.add_argument("out_dir")
     b.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"weights and data order (default {DEFAULT_SEED})")
-    b.add_argument("--data", help="reuse a data folder built by `python -m labkit.data build`")
+    b.add_argument("--data", help="reuse a data folder built by `python -m labkit.data.build build`")
     b.add_argument("--work-dir", help="keep intermediate files (random model, data, XTuner run) here")
     b.add_argument("--threads", type=int, default=0, help="CPU threads for training (0 = all cores)")
     b.add_argument("--overwrite", action="store_true")
@@ -285,7 +283,7 @@ def main(argv=None) -> int:
     c.add_argument("--data", help="data folder (default: build the seed-0 data into a temporary folder)")
     args = parser.parse_args(argv)
     if args.action == "build":
-        from labkit.checkpoint import CheckpointError
+        from labkit.checkpoints.folder import CheckpointError
 
         try:
             build(args.out_dir, seed=args.seed, data_root=args.data, work_dir=args.work_dir,
@@ -295,7 +293,7 @@ def main(argv=None) -> int:
             return 2
         return 0
     if args.action == "refresh-code":
-        from labkit.checkpoint import CheckpointError
+        from labkit.checkpoints.folder import CheckpointError
 
         try:
             changed = refresh_code(args.model_dir)
@@ -306,7 +304,7 @@ def main(argv=None) -> int:
         return 0
     data_root, scratch = args.data, None
     if data_root is None:
-        from labkit.data import build_datasets
+        from labkit.data.build import build_datasets
 
         scratch = Path(tempfile.mkdtemp(prefix="labkit-base-check-"))
         data_root = build_datasets(scratch / "data", seed=DATA_SEED)["root"]

@@ -2,11 +2,11 @@
 
 On a GPU, ``lmdeploy serve api_server MODEL_DIR --trust-remote-code --server-port 23333`` serves
 a checkpoint through the OpenAI chat API. LMDeploy cannot run on a CPU, so this module serves
-the same API with labkit's :class:`~labkit.chat.TransformersEngine`; every OpenAI client
-(:class:`~labkit.chat.OpenAIEngine`, ``curl``, the ``openai`` package) then works the same way
+the same API with labkit's :class:`~labkit.chat.engines.TransformersEngine`; every OpenAI client
+(:class:`~labkit.chat.engines.OpenAIEngine`, ``curl``, the ``openai`` package) then works the same way
 against either server::
 
-    python -m labkit.server models/tiny --port 23333
+    python -m labkit.chat.server models/tiny --port 23333
     curl http://127.0.0.1:23333/v1/chat/completions -H 'Content-Type: application/json' \\
          -d '{"messages": [{"role": "user", "content": "你好"}], "max_tokens": 20}'
 
@@ -27,7 +27,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from labkit.chat import IMAGE_MARKER, ChatInputError, Settings
+from labkit.chat.engines import IMAGE_MARKER, ChatInputError, Settings
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # a request larger than this is refused (pictures included)
 MAX_MESSAGES = 200
@@ -275,7 +275,7 @@ def listen(host, port, model_name, quiet=False) -> ChatServer:
                              "use 127.0.0.1 (this machine only) or 0.0.0.0 (every network).") from None
     except OSError as err:
         if err.errno == errno.EADDRINUSE:
-            why = "another program (an earlier labkit.server or lmdeploy?) already listens there"
+            why = "another program (an earlier labkit.chat.server or lmdeploy?) already listens there"
         elif err.errno == errno.EACCES:
             why = "ports below 1024 need administrator rights"
         elif err.errno == errno.EADDRNOTAVAIL:
@@ -287,7 +287,7 @@ def listen(host, port, model_name, quiet=False) -> ChatServer:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m labkit.server", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m labkit.chat.server", description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", help="an official-format checkpoint folder")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=23333, help="port (0: any free port; the URL is printed)")
@@ -299,8 +299,8 @@ def main(argv=None):
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port}: a port is a number from 0 to 65535 (0: any free port).")
 
-    from labkit.chat import TransformersEngine, resolve_template
-    from labkit.checkpoint import CheckpointError, check_model_folder
+    from labkit.chat.engines import TransformersEngine, resolve_template
+    from labkit.checkpoints.folder import CheckpointError, check_model_folder
 
     # The cheap checks first, so a mistake costs no model load: the folder, the template, the port.
     try:
@@ -319,8 +319,8 @@ def main(argv=None):
         return 2
     engine = server.engine
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"labkit.server: listening on {args.host}: other machines can reach this server.", file=sys.stderr)
-    print(f"labkit.server: serving {server.model_name} ({engine.description}) at {server.url}", flush=True)
+        print(f"labkit.chat.server: listening on {args.host}: other machines can reach this server.", file=sys.stderr)
+    print(f"labkit.chat.server: serving {server.model_name} ({engine.description}) at {server.url}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -18,9 +18,9 @@ FoodieQA-style multiple choice ("图中的菜是哪一道？ A. 叉烧 B. 肠粉
 "B，图中的菜是肠粉。"). Each picture is rendered once and belongs to exactly one subset and split,
 so no test picture was ever seen in training. Everything follows from the seed.
 
-    python -m labkit.data build data/ --seed 0
-    python -m labkit.data build data/ --overwrite --sizes '{"food": {"train": 30}}'
-    python -m labkit.data sheet dishes.png        # a contact sheet of every dish
+    python -m labkit.data.build build data/ --seed 0
+    python -m labkit.data.build build data/ --overwrite --sizes '{"food": {"train": 30}}'
+    python -m labkit.data.build sheet dishes.png        # a contact sheet of every dish
 
 Layout written:
 
@@ -45,9 +45,9 @@ from pathlib import Path
 import numpy as np
 
 from labkit import fileio
-from labkit.dishes import ANSWER_PREFIX, CHOICE_QUESTION, DISHES, OPEN_QUESTIONS, dish_names
-from labkit.render import render_dish, save_jpeg, stable_seed
-from labkit.validate import IMAGE_TAG, read_annotations, validate
+from labkit.data.dishes import ANSWER_PREFIX, CHOICE_QUESTION, DISHES, OPEN_QUESTIONS, dish_names
+from labkit.data.paint import render_dish, save_jpeg, stable_seed
+from labkit.data.validate import IMAGE_TAG, read_annotations, validate
 
 SUBSETS = ("general", "food")
 SPLITS = ("train", "val", "test")
@@ -335,7 +335,7 @@ def _publish(stage: Path, out_root: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: `build OUT_ROOT [--seed N] [--overwrite]` or `sheet PNG`."""
-    parser = argparse.ArgumentParser(prog="python -m labkit.data", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m labkit.data.build", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="render the general and food data sets")
     build.add_argument("out_root", help="folder to create (new or empty)")
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     sheet.add_argument("png")
     args = parser.parse_args(argv)
     if args.command == "sheet":
-        from labkit.render import contact_sheet
+        from labkit.data.paint import contact_sheet
         print(f"wrote {contact_sheet(args.png)}")
         return 0
     try:

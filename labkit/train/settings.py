@@ -14,8 +14,8 @@ style: a "PART 1 Settings" block with every knob first (the only block a student
 the model, dataset, optimizer, schedule and runtime parts that read those names. The committed
 files under ``configs/`` are rendered from the presets; regenerate them with::
 
-    python -m labkit.settings render            # rewrite configs/*.py from the presets
-    python -m labkit.settings check             # exit 1 if a committed config is out of date
+    python -m labkit.train.settings render            # rewrite configs/*.py from the presets
+    python -m labkit.train.settings check             # exit 1 if a committed config is out of date
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from dataclasses import replace as _dc_replace
 from pathlib import Path
+from labkit.fileio import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 
 METHODS = ("lora", "qlora", "full")
@@ -64,8 +64,8 @@ class Settings:
     lora_dropout: float = _knob(0.05, "dropout on the LoRA input")
     lora_target_modules: typing.Optional[tuple[str, ...]] = _knob(
         None, "None = every Linear of the LLM (XTuner's choice, output head included)")
-    lean_logits: bool = _knob(False, "labkit.lean: logits and loss only where an answer token is supervised")
-    weights_dtype: str = _knob("bfloat16", "bfloat16 (how XTuner loads) | float32 (needs labkit.lean; steadier on CPU)")
+    lean_logits: bool = _knob(False, "labkit.train.lean: logits and loss only where an answer token is supervised")
+    weights_dtype: str = _knob("bfloat16", "bfloat16 (how XTuner loads) | float32 (needs labkit.train.lean; steadier on CPU)")
     gradient_checkpointing: bool = _knob(
         True, "recompute activations in the backward pass: far less memory, about a third more compute")
     # -- data -----------------------------------------------------------------------------
@@ -94,7 +94,7 @@ class Settings:
     amp: str = _knob("off", "mixed precision on GPU: off | float16 | bfloat16 (CPU: off)")
     gpus: int = _knob(1, "GPUs on this machine to train on (more than 1 needs zero_stage)")
     zero_stage: int = _knob(0, "DeepSpeed ZeRO stage 1-3 through torchrun (0 = no DeepSpeed)")
-    cpu_threads: int = _knob(0, "CPU threads for torch (0 = torch's default, all cores; read by labkit.finetune)")
+    cpu_threads: int = _knob(0, "CPU threads for torch (0 = torch's default, all cores; read by labkit.train.finetune)")
     seed: int = _knob(0, "random seed: weights of the adapters, data order, dropout")
 
     def __post_init__(self):
@@ -114,13 +114,13 @@ class Settings:
     # -- what the settings imply ----------------------------------------------------------
     @property
     def uses_lean_model(self) -> bool:
-        """True when the config must name labkit.lean.LeanInternVL instead of XTuner's model."""
+        """True when the config must name labkit.train.lean.LeanInternVL instead of XTuner's model."""
         return self.lean_logits or self.weights_dtype != "bfloat16" or not self.gradient_checkpointing
 
     def training_system_prompt(self) -> str:
         """The system prompt every training sample gets (``system_prompt`` resolved)."""
         from labkit.model.conversation import XTUNER_SYSTEM
-        from labkit.remote_code import folder_template
+        from labkit.checkpoints.remote_code import folder_template
 
         if self.system_prompt == "auto":
             return folder_template(self.model_path)[1]
@@ -283,7 +283,7 @@ def course_gpu() -> Settings:
     ViT and LLM, the projector mlp1 trained, AdamW lr 3e-5, 3% warm-up then cosine, 10 epochs,
     batch 4 x accumulation 2, bfloat16 AMP on one GPU (float16 loss scaling fails on the bf16-trained mlp1).
 
-    It trains through labkit.lean's model type (``lean_logits=True``): the same loss, computed at
+    It trains through labkit.train.lean's model type (``lean_logits=True``): the same loss, computed at
     the answer positions only, with the frozen weights kept in bf16. On an H200 that is 1.35x
     XTuner's own model type at batch 4 and fits the course's 24 GB slice at batch 4 (about
     10 GiB instead of 27; docs/benchmarks.md). On a large GPU, ``gradient_checkpointing=False``
@@ -309,8 +309,8 @@ def tiny_lora_cpu() -> Settings:
 
     The learning rate is 33x the course's: a tiny model trained on 288 pictures needs large steps
     to learn three new dishes in 360 iterations (10 epochs of 36 batches of 8). Weights train in
-    float32 (labkit.lean): bfloat16 has only 8 bits of mantissa, so small updates to bf16 weights
-    round away. The base model comes from `labkit.base_model`.
+    float32 (labkit.train.lean): bfloat16 has only 8 bits of mantissa, so small updates to bf16 weights
+    round away. The base model comes from `labkit.course.base_model`.
     """
     return Settings(
         model_path="runs/cache/base-tiny",
@@ -410,9 +410,9 @@ def _imports(s: Settings) -> str:
         "from xtuner.engine.hooks import DatasetInfoHook",
         "from xtuner.engine.runner import TrainLoop",
     ]
-    lines.append("from labkit.lean import LeanInternVL" if s.uses_lean_model else "from xtuner.model import InternVL_V1_5")
+    lines.append("from labkit.train.lean import LeanInternVL" if s.uses_lean_model else "from xtuner.model import InternVL_V1_5")
     lines.append("from xtuner.utils import PROMPT_TEMPLATE")
-    lines += ["", "from labkit.xtuner_dataset import FolderPromptDataset"]
+    lines += ["", "from labkit.train.dataset import FolderPromptDataset"]
     return "\n".join(lines) + "\n"
 
 
@@ -420,7 +420,7 @@ def _model_part(s: Settings) -> str:
     lines = ["model = dict("]
     if s.uses_lean_model:
         lines += [
-            "    type=LeanInternVL,  # XTuner's InternVL_V1_5, with the labkit.lean options below",
+            "    type=LeanInternVL,  # XTuner's InternVL_V1_5, with the labkit.train.lean options below",
             "    lean_logits=lean_logits,",
             "    weights_dtype=weights_dtype,",
             "    gradient_checkpointing=gradient_checkpointing,",
@@ -510,7 +510,7 @@ def _schedule_part(s: Settings, num_samples) -> str:
             "# Warm-up for warmup_ratio of the run, then cosine decay to 0, counted in epochs and\n"
             "# converted to iterations by the runner (XTuner's way). On a small data set that conversion\n"
             "# rounds the warm-up down to 0 iterations (mmengine refuses) or 1 (the rate then never\n"
-            "# leaves start_factor): labkit.finetune renders this part in iterations from the real\n"
+            "# leaves start_factor): labkit.train.finetune renders this part in iterations from the real\n"
             "# sample count instead, with a warm-up of at least 2 iterations.\n"
         )
         warm = ("    dict(type=LinearLR, start_factor=1e-5, by_epoch=True, begin=0,\n"
@@ -579,7 +579,7 @@ def render_config(settings: Settings, num_samples: int | None = None) -> str:
     title = {"lora": "LoRA", "qlora": "QLoRA", "full": "full"}[s.method]
     header = (
         f"# XTuner config: InternVL2 {title} fine-tune on the {s.device.upper()}.\n"
-        "# Rendered from labkit.settings (python -m labkit.settings render); edit PART 1 only,\n"
+        "# Rendered from labkit.train.settings (python -m labkit.train.settings render); edit PART 1 only,\n"
         "# or better, change the Settings and render again.\n"
     )
     parts = [
@@ -597,7 +597,6 @@ def render_config(settings: Settings, num_samples: int | None = None) -> str:
 
 def _write_atomic(path: Path, text: str) -> None:
     from labkit import fileio
-
     fileio.write_text(path, text)
 
 
@@ -620,7 +619,7 @@ def stale_configs(config_dir=CONFIG_DIR) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m labkit.settings", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m labkit.train.settings", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["render", "check", "show"],
                         help="render: rewrite configs/*.py; check: compare them; show PRESET: print one")
     parser.add_argument("preset", nargs="?", help="for show: one of " + ", ".join(PRESETS))
@@ -632,7 +631,7 @@ def main(argv=None) -> int:
     if args.action == "check":
         stale = stale_configs()
         for name in stale:
-            print(f"configs/{name} differs from its preset; run `python -m labkit.settings render`.")
+            print(f"configs/{name} differs from its preset; run `python -m labkit.train.settings render`.")
         return 1 if stale else 0
     if args.preset not in PRESETS:
         parser.error(f"show needs a preset: {', '.join(PRESETS)}")

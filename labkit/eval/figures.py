@@ -1,95 +1,19 @@
-"""Plots for the lab: the training-loss curve, saved as a PNG or drawn live in a notebook.
+"""Figures of the comparison: accuracy per dish, confusion matrices, a gallery of answers.
 
-    from labkit.plots import LiveLoss, save_loss_curve
-    live = LiveLoss()                                  # in Jupyter: one figure that redraws
-    result = finetune.train(settings, "runs/food", on_loss=live)
-    save_loss_curve(result.losses, "loss.png")         # finetune.train already saves one
-
-Losses are ``(iteration, loss)`` pairs, as `labkit.finetune` reports them.
+Each is written as a PNG atomically (`labkit.fileio.write_png`) and shown when in a notebook.
+Dish names are drawn in Chinese when the machine has a CJK font, else as the table's pinyin keys.
 """
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend needed
 
-from labkit import fileio
+from labkit.fileio import write_png
 
 
-def draw_loss(ax, losses, title="training loss"):
-    """Draw ``(iteration, loss)`` pairs on a matplotlib axis."""
-    ax.clear()
-    if losses:
-        steps, values = zip(*losses)
-        ax.plot(steps, values, marker="." if len(losses) < 60 else None, linewidth=1.5)
-        ax.set_title(f"{title} (last {values[-1]:.4f} at iteration {steps[-1]})")
-    else:
-        ax.set_title(f"{title} (no iteration logged yet)")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-
-
-def save_loss_curve(losses, path, title="training loss"):
-    """Save the loss curve as a PNG (written to a temp file, then renamed); return the path."""
-    fig = Figure(figsize=(6, 3.5), dpi=100)
-    draw_loss(fig.add_subplot(), losses, title)
-    fig.tight_layout()
-    return write_png(fig, path)
-
-
-def write_png(fig, path):
-    """Write a figure as a PNG atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    with fileio.atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    return path
-
-
-class LiveLoss:
-    """A loss plot that redraws in place in Jupyter; pass it as ``on_loss`` to `finetune.train`.
-
-    Outside a notebook it just collects the points. Redraws at most every ``every_s`` seconds,
-    so a fast run is not slowed down by plotting.
-    """
-
-    def __init__(self, title="training loss", every_s=1.0):
-        self.title, self.every_s = title, every_s
-        self.losses = []
-        self._last_draw = 0.0
-        self._handle = None
-        self._fig = self._ax = None
-
-    def __call__(self, iteration, loss):
-        self.losses.append((iteration, loss))
-        if time.monotonic() - self._last_draw >= self.every_s:
-            self.draw()
-
-    def draw(self):
-        """Redraw now (also call it once at the end to show the last point)."""
-        self._last_draw = time.monotonic()
-        try:
-            from IPython import get_ipython
-            from IPython.display import display
-        except ImportError:
-            return
-        if get_ipython() is None:
-            return
-        if self._fig is None:
-            self._fig = Figure(figsize=(6, 3.5), dpi=100)
-            self._ax = self._fig.add_subplot()
-        draw_loss(self._ax, self.losses, self.title)
-        self._fig.tight_layout()
-        if self._handle is None:
-            self._handle = display(self._fig, display_id=True)
-        else:
-            self._handle.update(self._fig)
-
-
-# -- figures for the notebooks --------------------------------------------------------------
-def _save(fig, path):
+def save_and_show(fig, path):
     """Save a figure atomically and show it when in a notebook."""
     path = write_png(fig, path)
     _show_in_notebook(path)
@@ -104,23 +28,6 @@ def _show_in_notebook(path):
         return
     if get_ipython() is not None:
         display(ShowImage(filename=str(path)))
-
-
-def show_tiles(image, tiles, path):
-    """The picture beside the tiles dynamic tiling cut from it (the last one is the thumbnail)."""
-    n = len(tiles)
-    fig = Figure(figsize=(2.2 * (n + 2), 2.6), dpi=100)
-    axes = fig.subplots(1, n + 1, gridspec_kw={"width_ratios": [2] + [1] * n})
-    axes[0].imshow(image)
-    axes[0].set_title(f"picture {image.size[0]}x{image.size[1]}")
-    for i, (ax, tile) in enumerate(zip(axes[1:], tiles)):
-        ax.imshow(tile)
-        thumb = n > 1 and i == n - 1
-        ax.set_title("thumbnail" if thumb else f"tile {i + 1}", fontsize=9)
-    for ax in axes:
-        ax.axis("off")
-    fig.tight_layout()
-    return _save(fig, path)
 
 
 CJK_FONT_FILES = (
@@ -143,7 +50,7 @@ def _cjk_font():
 
 def _labels(names):
     """Dish names as axis labels: Chinese when a CJK font exists, else the table's pinyin keys."""
-    from labkit.dishes import get_dish
+    from labkit.data.dishes import get_dish
 
     if _cjk_font():
         return list(names)
@@ -151,7 +58,7 @@ def _labels(names):
 
 
 def _dish_names():
-    from labkit.dishes import dish_names
+    from labkit.data.dishes import dish_names
 
     return set(dish_names())
 
@@ -162,8 +69,8 @@ def _font_kwargs():
 
 
 def accuracy_bars(base, tuned, path):
-    """Per-dish accuracy of two `labkit.evaluate.Report`s side by side; held-back dishes marked."""
-    from labkit.dishes import is_held_back
+    """Per-dish accuracy of two `labkit.eval.evaluate.Report`s side by side; held-back dishes marked."""
+    from labkit.data.dishes import is_held_back
 
     names = list(base.per_dish())
     tuned_dish = tuned.per_dish()
@@ -181,7 +88,7 @@ def accuracy_bars(base, tuned, path):
     ax.set_title("accuracy per dish (* = held back from the base model)")
     ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_and_show(fig, path)
 
 
 def confusion_counts(report, names):
@@ -196,7 +103,7 @@ def confusion_counts(report, names):
 
 def confusion_matrices(base, tuned, path):
     """Confusion matrices of the base and the tuned model: which dish each picture was taken for."""
-    from labkit.dishes import dish_names
+    from labkit.data.dishes import dish_names
 
     names = [n for n in dish_names() if n in base.per_dish() or n in tuned.per_dish()]
     labels = _labels(names)
@@ -214,16 +121,16 @@ def confusion_matrices(base, tuned, path):
         ax.set_ylabel("shown in the picture")
         ax.set_title(f"{title} model")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_and_show(fig, path)
 
 
 def gallery(base, tuned, image_folder, path, per_dish=1, max_pictures=12):
     """Test pictures with both models' answers, held-back dishes first."""
     from PIL import Image
 
-    from labkit.dishes import is_held_back
+    from labkit.data.dishes import is_held_back
 
-    from labkit.evaluate import paired
+    from labkit.eval.evaluate import paired
 
     chosen, seen = [], {}
     for before, after in sorted(paired(base, tuned), key=lambda pair: not is_held_back(pair[0].expected)):
@@ -245,4 +152,4 @@ def gallery(base, tuned, image_folder, path, per_dish=1, max_pictures=12):
         ax.set_title(f"shows: {before.expected}\nbase: {before.named or '?'} | tuned: {after.named or '?'}",
                      fontsize=8, color="green" if after.correct else "red", **font)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_and_show(fig, path)

@@ -79,7 +79,7 @@ def missing_tokens(tokenizer):
 
 def course_texts():
     """The text the tiny tokenizer learns from: dish names, descriptions, prompts, answers."""
-    from labkit import dishes
+    from labkit.data import dishes
     from labkit.model.conversation import INTERNVL_SYSTEM, XTUNER_SYSTEM
 
     texts = [XTUNER_SYSTEM, INTERNVL_SYSTEM, "system", "user", "assistant"]

@@ -1,6 +1,6 @@
 """Fine-tune InternVL2 with XTuner's own trainer, and make sure it really trained.
 
-    from labkit import finetune, settings
+    from labkit.train import finetune, settings
     result = finetune.train(settings.tiny_lora_cpu(), "runs/food-lora")
     result.checkpoint      # runs/food-lora/xtuner/iter_30.pth - the trained weights (LoRA + mlp1)
     result.losses          # [(1, 6.41), (2, 5.87), ...]
@@ -8,13 +8,13 @@
 What `train` does, step by step:
 
 1. Check the inputs before anything slow starts: the model folder is a complete checkpoint,
-   every annotation file passes `labkit.validate` (XTuner would silently swap a broken sample
+   every annotation file passes `labkit.data.validate` (XTuner would silently swap a broken sample
    for a random other one), ``max_length`` holds every picture's image tokens
    (`check_max_length`), and the work folder holds no finished run.
 2. Plan: count the samples and compute how many iterations XTuner will run
    (`Settings.planned_iterations`), then render the XTuner config into the work folder with
-   that plan (`labkit.settings.render_config`).
-3. Run XTuner's training entry point in a child process (`labkit.xtuner_launch`; several GPUs
+   that plan (`labkit.train.settings.render_config`).
+3. Run XTuner's training entry point in a child process (`labkit.train.launch`; several GPUs
    through ``torchrun`` + DeepSpeed). Its output streams into ``train.log``; a progress bar and
    the optional ``on_loss(iteration, loss)`` callback follow the logged iterations.
 4. Decide success from evidence, not from hope: exit code 0, no Python traceback in the log,
@@ -25,8 +25,8 @@ What `train` does, step by step:
 The work folder then holds ``config.py`` (the rendered XTuner config), ``train.log``,
 ``loss.png``, ``result.json`` and ``xtuner/`` - XTuner's own work dir with ``iter_<N>.pth``.
 
-CPU or one GPU: ``python -m labkit.xtuner_launch CONFIG --work-dir W``. Several GPUs
-(``Settings(gpus=N, zero_stage=2)``): ``torchrun --nproc-per-node N -m labkit.xtuner_launch
+CPU or one GPU: ``python -m labkit.train.launch CONFIG --work-dir W``. Several GPUs
+(``Settings(gpus=N, zero_stage=2)``): ``torchrun --nproc-per-node N -m labkit.train.launch
 CONFIG --work-dir W --deepspeed deepspeed_zero2`` - written for the course GPU machines, not
 testable on a laptop.
 """
@@ -44,9 +44,9 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from labkit.settings import Settings, write_config
+from labkit.train.settings import Settings, write_config
+from labkit.fileio import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 MARKER = "labkit-run.json"  # written when a run starts: the folder belongs to labkit
 RESULT = "result.json"  # written when a run finished and passed every check
 LOG_NAME = "train.log"
@@ -118,8 +118,8 @@ def resolve_paths(settings: Settings, base=None) -> Settings:
 
 
 def check_model(settings: Settings) -> None:
-    """The model folder must be a complete checkpoint (labkit.checkpoint.check_model_folder)."""
-    from labkit.checkpoint import check_model_folder
+    """The model folder must be a complete checkpoint (labkit.checkpoints.folder.check_model_folder)."""
+    from labkit.checkpoints.folder import check_model_folder
 
     check_model_folder(settings.model_path)
 
@@ -130,7 +130,7 @@ def check_data(settings: Settings) -> int:
     XTuner skips a sample whose image fails to load and trains on a random other one instead,
     without stopping; validating first means nothing is silently skipped.
     """
-    from labkit.validate import validate
+    from labkit.data.validate import validate
 
     total = 0
     for path in settings.data_paths:
@@ -139,7 +139,7 @@ def check_data(settings: Settings) -> int:
                                     ".json or .jsonl file inside it.")
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: annotation file not found (setting data_paths). Build the data "
-                                    "with labkit.data.build_datasets or point data_paths at your file.")
+                                    "with labkit.data.build.build_datasets or point data_paths at your file.")
         validate(path, settings.image_folder).raise_if_bad()
         total += count_samples(path)
     if total == 0:
@@ -160,9 +160,9 @@ def check_max_length(settings: Settings) -> int:
     """
     from PIL import Image
 
-    from labkit.checkpoint import load_config
+    from labkit.checkpoints.folder import load_config
     from labkit.tiling import tiling_from_config
-    from labkit.validate import image_path_of, read_annotations
+    from labkit.data.validate import image_path_of, read_annotations
 
     config_path = Path(settings.model_path) / "config.json"
     tiling = tiling_from_config(load_config(config_path))
@@ -181,7 +181,7 @@ def check_max_length(settings: Settings) -> int:
             if tokens > largest:
                 largest, where = tokens, (path, index, rel, sizes[image])
     if where is not None and settings.max_length <= largest:
-        from labkit.settings import SettingsError
+        from labkit.train.settings import SettingsError
 
         path, index, rel, (width, height) = where
         raise SettingsError(
@@ -228,7 +228,7 @@ def prepare_work_dir(work_dir, overwrite=False) -> Path:
 # -- 3. running XTuner --------------------------------------------------------------------
 def launch_command(settings: Settings, config_path, work_dir) -> list[str]:
     """The command that runs XTuner's trainer for these settings."""
-    module = ["-m", "labkit.xtuner_launch", str(config_path), "--work-dir", str(work_dir),
+    module = ["-m", "labkit.train.launch", str(config_path), "--work-dir", str(work_dir),
               "--device", settings.device]
     if settings.zero_stage:
         return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(settings.gpus),
@@ -358,7 +358,7 @@ def train(settings: Settings, work_dir, progress=True, on_loss=None, overwrite=F
           timeout_s=None) -> TrainResult:
     """Fine-tune with XTuner as ``settings`` say; return a `TrainResult` or raise `TrainingError`.
 
-    ``on_loss(iteration, loss)`` is called for every logged iteration (e.g. `labkit.plots.LiveLoss`).
+    ``on_loss(iteration, loss)`` is called for every logged iteration (e.g. `labkit.train.loss_plot.LiveLoss`).
     ``validate=False`` skips the data check - only for demonstrating what XTuner does without it.
     """
     settings = resolve_paths(settings)
@@ -378,7 +378,7 @@ def train(settings: Settings, work_dir, progress=True, on_loss=None, overwrite=F
     wall = round(time.monotonic() - started, 1)
     checkpoint = check_outcome(code, log_path, planned, last_iter, total_shown, xtuner_dir, log_tail(log_path))
     check_losses(losses, log_path, log_tail(log_path))
-    from labkit.plots import save_loss_curve
+    from labkit.train.loss_plot import save_loss_curve
 
     curve = save_loss_curve(losses, work_dir / "loss.png", title=f"training loss ({settings.method})")
     result = TrainResult(work_dir=work_dir, checkpoint=checkpoint, config_path=config_path, log_path=log_path,
@@ -398,5 +398,4 @@ def load_result(work_dir) -> TrainResult:
 
 def _write_json(path, data):
     from labkit import fileio
-
     fileio.write_json(path, data)

@@ -15,9 +15,9 @@ code, so three things live here:
   so ``InternVLChatModel.generate`` fails on ``self.language_model.generate``. The layer gives
   that one language model object ``GenerationMixin``, a ``generation_config`` and the legacy
   cache (transformers must not hand it a ``DynamicCache``). Every labkit loader applies it
-  (``labkit.checkpoint.load_checkpoint``); outside labkit, one call does the same::
+  (``labkit.checkpoints.folder.load_checkpoint``); outside labkit, one call does the same::
 
-      from labkit.remote_code import adapt_for_generation
+      from labkit.checkpoints.remote_code import adapt_for_generation
       model = adapt_for_generation(AutoModel.from_pretrained(path, trust_remote_code=True))
 
 Checked with transformers 4.57.6 (the course pin). transformers 5 removed the legacy tuple

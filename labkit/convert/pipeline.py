@@ -7,9 +7,9 @@ exactly as XTuner held it during training, puts the trained weights back, folds 
 into its Linear and writes a folder that ``AutoModel.from_pretrained(..., trust_remote_code=True)``
 and LMDeploy load like the original InternVL2-2B::
 
-    python -m labkit.convert configs/food_lora.py work_dirs/food_lora/iter_500.pth models/food-merged
+    python -m labkit.convert.pipeline configs/food_lora.py work_dirs/food_lora/iter_500.pth models/food-merged
 
-    from labkit.convert import convert
+    from labkit.convert.pipeline import convert
     convert("configs/food_lora.py", "work_dirs/food_lora/iter_500.pth", "models/food-merged")
 
 The steps, one function each below:
@@ -25,7 +25,7 @@ The steps, one function each below:
    (PEFT's ``merge_and_unload``), done in fp32 and then rounded once to bf16.
 5. Save safetensors (sharded above ``max_shard_size``); the folder keeps the base folder's own
    remote code, ``auto_map``, template, tokenizer files and generation config, whether labkit or
-   OpenGVLab wrote them (``labkit.checkpoint.finish_folder``).
+   OpenGVLab wrote them (``labkit.checkpoints.folder.finish_folder``).
 6. Prove it: the merged model must give the LoRA model's logits on a prompt with image tokens
    (fp32, max abs diff <= 1e-4), and the folder must load in a fresh Python process through
    labkit's loader and answer a chat with the logits the merged model gives; a folder with
@@ -54,7 +54,8 @@ import torch
 from torch import nn
 
 from labkit import fileio
-from labkit.checkpoint import (
+from labkit.fileio import REPO_ROOT
+from labkit.checkpoints.folder import (
     CheckpointError,
     _prepare_out_dir,
     _publish,
@@ -66,7 +67,6 @@ from labkit.checkpoint import (
     load_checkpoint,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 REPORT_NAME = "conversion.json"
 PROBE_QUESTION = "这是什么菜？请说出菜名。"
 PROBE_TILES = 2
@@ -158,7 +158,7 @@ def read_train_setup(config_path):
     if not _is_xtuner_internvl(model_cfg.get("type")):
         raise ConversionError(
             f"{config_path}: model type is {model_cfg.get('type')!r}; labkit converts XTuner's InternVL_V1_5 "
-            "(and subclasses such as labkit.lean.LeanInternVL) only."
+            "(and subclasses such as labkit.train.lean.LeanInternVL) only."
         )
     model_path = _find_model_folder(str(model_cfg["model_path"]), config_path)
     pretrained = model_cfg.get("pretrained_pth")
@@ -449,7 +449,7 @@ def merge_lora(model):
 
 # == 5. Writing the folder, and a fresh process that reads it ================================
 # Run in a NEW python process, to load the written folder as a student would, compute the probe's
-# logits and chat. Loader "labkit": labkit.checkpoint.load_checkpoint (the folder's own remote code
+# logits and chat. Loader "labkit": labkit.checkpoints.folder.load_checkpoint (the folder's own remote code
 # with labkit's compatibility layer). Loader "transformers": transformers' Auto classes alone, with
 # every labkit import blocked, which proves a folder with labkit's code stands on its own.
 _FRESH_CHECK = """
@@ -457,7 +457,7 @@ import sys
 import torch
 folder, inputs_file, result_file, loader, question = sys.argv[1:6]
 if loader == "labkit":
-    from labkit.checkpoint import load_checkpoint
+    from labkit.checkpoints.folder import load_checkpoint
     model, tokenizer = load_checkpoint(folder, dtype=torch.float32)
 else:
     sys.modules["labkit"] = None
@@ -674,12 +674,12 @@ def read_report(folder):
     """The ``conversion.json`` a conversion left in ``folder``, as a dict."""
     path = Path(folder) / REPORT_NAME
     if not path.is_file():
-        raise ConversionError(f"{path}: missing; was {folder} written by labkit.convert?")
+        raise ConversionError(f"{path}: missing; was {folder} written by labkit.convert.pipeline?")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m labkit.convert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m labkit.convert.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="the XTuner config (.py) the fine-tune ran with")
     parser.add_argument("pth", help="its checkpoint: work_dirs/<config>/iter_N.pth (file, or DeepSpeed folder)")
     parser.add_argument("out_dir", help="the folder to write the merged model to")

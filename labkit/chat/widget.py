@@ -2,11 +2,11 @@
 
 ::
 
-    from labkit.chat import make_engine
-    from labkit.widget import ChatCell
+    from labkit.chat.engines import make_engine
+    from labkit.chat.widget import ChatCell
     ChatCell(make_engine("models/tiny"))
 
-The cell is an ipywidgets ``VBox`` driving one :class:`labkit.chat.ChatSession`. Its buttons
+The cell is an ipywidgets ``VBox`` driving one :class:`labkit.chat.engines.ChatSession`. Its buttons
 call plain methods (:meth:`ChatCell.on_upload`, :meth:`ChatCell.on_send`,
 :meth:`ChatCell.on_clear`), so a test can set values and call them without a browser. Every
 failure lands in the red error area; the callbacks never raise, so the cell stays usable.
@@ -26,7 +26,7 @@ import time
 
 import ipywidgets as widgets
 
-from labkit.chat import ChatInputError, ChatSession, Settings, check_question, display_question
+from labkit.chat.engines import ChatInputError, ChatSession, Settings, check_question, display_question
 
 PREVIEW_PIXELS = 256  # the preview is a small PNG copy of the picture the model will see
 

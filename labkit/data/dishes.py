@@ -8,7 +8,7 @@ Each `Dish` carries three kinds of facts:
 * who it is: `name` (Chinese, the word the model must answer with), `key` (an ASCII name used for
   file names), `cuisine` and a short Chinese `description`;
 * how it looks: a `Look` - container, piece shape, colours, how many pieces and how they are
-  arranged. `labkit.render` turns a `Look` into pictures; the numbers here are its parameters;
+  arranged. `labkit.data.paint` turns a `Look` into pictures; the numbers here are its parameters;
 * whether it is `held_back`: a held-back dish never appears in the `general` set that the base
   model is pretrained on, only in the `food` fine-tune set. 肠粉 is held back so that the base model
   cannot name it and the fine-tuned model can: that is the before/after story of the course.
@@ -26,18 +26,18 @@ RGB = tuple[int, int, int]
 
 @dataclass(frozen=True)
 class Look:
-    """The drawing parameters of one dish (read by `labkit.render`).
+    """The drawing parameters of one dish (read by `labkit.data.paint`).
 
     container: what the food sits on - "steel_plate", "oval_plate", "round_plate", "steamer",
         "bowl", "tray", "paper" or "leaf".
-    piece: the shape drawn for one piece (see `labkit.render.PIECE_PAINTERS`).
+    piece: the shape drawn for one piece (see `labkit.data.paint.PIECE_PAINTERS`).
     colors: the piece's main colour, a second colour and a third accent colour.
     sauce: colour of a sauce pool under the pieces, or None.
     dip: colour of a small dipping-sauce dish in the middle of the container, or None.
     garnish: colour of small sprinkled bits (scallion, chili, sesame), or None.
     count: (fewest, most) pieces per container.
     arrangement: how pieces are placed - "stripes" (long pieces side by side), "line", "fan",
-        "ring", "grid", "hex" or "scatter" (see `labkit.render.ARRANGERS`).
+        "ring", "grid", "hex" or "scatter" (see `labkit.data.paint.ARRANGERS`).
     size: piece size as a fraction of the container's shorter side.
     """
 
@@ -148,7 +148,7 @@ DISHES: tuple[Dish, ...] = (
     ),
 )
 
-# The words the course asks and answers with (labkit.data builds its records from them, and the
+# The words the course asks and answers with (labkit.data.build builds its records from them, and the
 # tiny tokenizer learns its vocabulary from them together with the dish names).
 OPEN_QUESTIONS: tuple[str, ...] = (
     "图中的菜是什么？",
@@ -186,7 +186,7 @@ def get_dish(name_or_key: str) -> Dish:
     if dish is None:
         raise KeyError(
             f"unknown dish {name_or_key!r}; known dishes are: {', '.join(dish_names())} "
-            f"(keys: {', '.join(_BY_KEY)}). Add new dishes to labkit/dishes.py."
+            f"(keys: {', '.join(_BY_KEY)}). Add new dishes to labkit/data/dishes.py."
         )
     return dish
 
@@ -199,13 +199,13 @@ def is_held_back(name: str) -> bool:
 def _check_table() -> None:
     """Refuse an inconsistent table at import time: duplicate names/keys or a bad look."""
     if len(_BY_NAME) != len(DISHES) or len(_BY_KEY) != len(DISHES):
-        raise ValueError("labkit/dishes.py: every dish needs a unique name and key")
+        raise ValueError("labkit/data/dishes.py: every dish needs a unique name and key")
     for dish in DISHES:
         if not dish.key.isascii() or not dish.key.replace("_", "").isalnum():
-            raise ValueError(f"labkit/dishes.py: key {dish.key!r} must be ASCII letters/digits/_")
+            raise ValueError(f"labkit/data/dishes.py: key {dish.key!r} must be ASCII letters/digits/_")
         low, high = dish.look.count
         if not 1 <= low <= high:
-            raise ValueError(f"labkit/dishes.py: {dish.name} has a bad count range {dish.look.count}")
+            raise ValueError(f"labkit/data/dishes.py: {dish.name} has a bad count range {dish.look.count}")
 
 
 _check_table()

@@ -8,9 +8,8 @@ both as parameters, so papermill, the main job and a student at the keyboard use
 import json
 from pathlib import Path
 
-from labkit import data as food_data
+from labkit.data import build as food_data
 from labkit import fileio
-
 RESULT_FILES = ("architecture.json", "baseline.json", "finetune.json", "conversion.json", "comparison.json")
 
 
@@ -42,7 +41,7 @@ class Workspace:
 
     def base_model(self):
         """The pretrained tiny base model (built into the cache on first use)."""
-        from labkit.base_model import ensure_base
+        from labkit.course.base_model import ensure_base
 
         path = Path(ensure_base(self.cache_dir))
         fileio.write_text(self.run_dir / "base_model.txt", str(path) + "\n")

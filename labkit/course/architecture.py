@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from labkit.checkpoint import INTERNVL2_2B_CONFIG, build_model
-from labkit.chat import IMG_CONTEXT, render_prompt
+from labkit.checkpoints.folder import INTERNVL2_2B_CONFIG, build_model
+from labkit.chat.engines import IMG_CONTEXT, render_prompt
 from labkit.model.modeling_internvl_chat import pixel_shuffle
-from labkit.remote_code import FolderTemplates
+from labkit.checkpoints.remote_code import FolderTemplates
 from labkit.tiling import tiling_from_config
 
 
@@ -111,3 +111,24 @@ def image_tokens_by_max_tiles(config, width, height, max_tiles=(1, 2, 4, 6, 8, 1
         tiles = tiling.count_tiles(width, height)
         rows.append((max_num, tiling.choose_grid(width, height), tiles, tiles * tiling.tokens_per_tile))
     return rows
+
+
+def show_tiles(image, tiles, path):
+    """The picture beside the tiles dynamic tiling cut from it (the last one is the thumbnail)."""
+    from matplotlib.figure import Figure
+
+    from labkit.eval.figures import save_and_show
+
+    n = len(tiles)
+    fig = Figure(figsize=(2.2 * (n + 2), 2.6), dpi=100)
+    axes = fig.subplots(1, n + 1, gridspec_kw={"width_ratios": [2] + [1] * n})
+    axes[0].imshow(image)
+    axes[0].set_title(f"picture {image.size[0]}x{image.size[1]}")
+    for i, (ax, tile) in enumerate(zip(axes[1:], tiles)):
+        ax.imshow(tile)
+        thumb = n > 1 and i == n - 1
+        ax.set_title("thumbnail" if thumb else f"tile {i + 1}", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    return save_and_show(fig, path)

@@ -1,15 +1,15 @@
 """Ask a model about every picture of a test split and score the answers.
 
-    from labkit.evaluate import evaluate
+    from labkit.eval.evaluate import evaluate
     report = evaluate("runs/food-merged", "runs/data/food/test.json", "runs/data/images")
     print(report.table())
     report.accuracy("held_back")      # share of held-back dishes (肠粉 ...) named correctly
 
 Every sample's question is asked with `InternVLChatModel.chat` and greedy decoding, exactly as a
 student would ask it; the expected dish is read from the sample's reference answer. An answer
-counts as correct when `labkit.data.answer_dish` finds the right dish in it, and as being in
+counts as correct when `labkit.data.build.answer_dish` finds the right dish in it, and as being in
 sentence form when it reads exactly "图中的菜是X。" (after "B，" for a multiple-choice question),
-as `labkit.data.expected_form` decides.
+as `labkit.data.build.expected_form` decides.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class Answer:
 
     @property
     def sentence_form(self) -> bool:
-        from labkit.data import expected_form
+        from labkit.data.build import expected_form
 
         return expected_form(self.answer)
 
@@ -49,7 +49,7 @@ class Report:
 
     def group(self, name: str) -> list:
         """Answers for ``"all"``, ``"known"`` (in the base model's data) or ``"held_back"`` dishes."""
-        from labkit.dishes import is_held_back
+        from labkit.data.dishes import is_held_back
 
         if name == "all":
             return list(self.answers)
@@ -68,7 +68,7 @@ class Report:
 
     def per_dish(self) -> dict:
         """``{dish: (correct, total)}`` in the order of the dish table."""
-        from labkit.dishes import dish_names
+        from labkit.data.dishes import dish_names
 
         total = Counter(a.expected for a in self.answers)
         right = Counter(a.expected for a in self.answers if a.correct)
@@ -79,7 +79,7 @@ class Report:
         return Counter(a.named or f"(no dish: {a.answer[:20]})" for a in self.answers if a.expected == dish)
 
     def table(self) -> str:
-        from labkit.dishes import is_held_back
+        from labkit.data.dishes import is_held_back
 
         lines = [f"{'dish':<8} {'held back':>9} {'correct':>8} {'share':>6}"]
         for name, (right, total) in self.per_dish().items():
@@ -133,13 +133,13 @@ def evaluate(model_dir, annotation, image_folder, max_new_tokens=16, limit=None,
     """Answer every question of ``annotation`` with the model in ``model_dir``; return a `Report`.
 
     ``model`` may be an already loaded ``(model, tokenizer)`` pair to skip loading. The annotation
-    file is validated (``labkit.validate``) before the model is loaded.
+    file is validated (``labkit.data.validate``) before the model is loaded.
     """
     import time
 
-    from labkit.checkpoint import load_checkpoint
-    from labkit.data import answer_dish, load_samples
-    from labkit.validate import validate
+    from labkit.checkpoints.folder import load_checkpoint
+    from labkit.data.build import answer_dish, load_samples
+    from labkit.data.validate import validate
 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit={limit!r}: give a whole number of samples >= 1, or None for all of them "
@@ -150,7 +150,7 @@ def evaluate(model_dir, annotation, image_folder, max_new_tokens=16, limit=None,
     for sample in samples:
         if sample.dish is None:
             raise ValueError(f"{annotation}: sample {sample.id}: the reference answer {sample.answer!r} names no dish "
-                             "of the dish table (labkit/dishes.py); fix the answer or leave the sample out.")
+                             "of the dish table (labkit/data/dishes.py); fix the answer or leave the sample out.")
     model, tokenizer = model if model is not None else load_checkpoint(model_dir)
     started = time.monotonic()
     report = Report(model_dir=str(model_dir), annotation=str(annotation))

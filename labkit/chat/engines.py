@@ -15,7 +15,7 @@ Every engine answers the same calls::
 * :class:`LMDeployEngine` runs it with LMDeploy (GPU only, its own environment:
   ``requirements/lmdeploy.txt``).
 * :class:`OpenAIEngine` talks to a server with the OpenAI chat API: ``lmdeploy serve
-  api_server`` on a GPU, or ``python -m labkit.server`` (labkit's small CPU server).
+  api_server`` on a GPU, or ``python -m labkit.chat.server`` (labkit's small CPU server).
 
 A conversation is a list of ``(question, answer)`` turns. One picture per conversation: the
 turn that showed it carries the marker ``<image>``, which becomes
@@ -46,10 +46,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from labkit.remote_code import FolderTemplates
+from labkit.checkpoints.remote_code import FolderTemplates
 from labkit.tiling import DEFAULT_MAX_PIXELS, open_image, tiling_from_config
 
-log = logging.getLogger("labkit.chat")
+log = logging.getLogger("labkit.chat.engines")
 
 IMAGE_MARKER = "<image>"  # where the picture sits in a question, before it becomes tokens
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
@@ -337,7 +337,7 @@ class ChatEngine:
         picture = read_image(image, self.max_pixels) if image is not None else None
         settings = settings if settings is not None else Settings()
         if not isinstance(settings, Settings):
-            raise ChatInputError(f"settings must be a labkit.chat.Settings, got {type(settings).__name__}.")
+            raise ChatInputError(f"settings must be a labkit.chat.engines.Settings, got {type(settings).__name__}.")
         return place_image(question, picture is not None, history), history, picture, settings
 
     def ask(self, question, image=None, history=None, settings=None) -> str:
@@ -397,7 +397,7 @@ class TransformersEngine(ChatEngine):
                  max_pixels=DEFAULT_MAX_PIXELS, code="folder"):
         import torch
 
-        from labkit.checkpoint import load_checkpoint
+        from labkit.checkpoints.folder import load_checkpoint
 
         if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
             raise ValueError(f"device={device!r}: use 'cpu' or 'cuda'.")
@@ -567,7 +567,7 @@ class LMDeployEngine(ChatEngine):
                  max_pixels=DEFAULT_MAX_PIXELS, engine_options=None):
         if backend not in ("turbomind", "pytorch"):
             raise ValueError(f"backend={backend!r}: LMDeploy offers 'turbomind' or 'pytorch'.")
-        from labkit.checkpoint import check_model_folder
+        from labkit.checkpoints.folder import check_model_folder
 
         config = check_model_folder(model_dir)  # a missing or broken folder is named before LMDeploy starts
         lmdeploy = _import_lmdeploy()
@@ -614,7 +614,7 @@ class LMDeployEngine(ChatEngine):
 
 
 # ---------------------------------------------------------------------------------------------
-# An OpenAI-compatible server (lmdeploy serve api_server, or python -m labkit.server)
+# An OpenAI-compatible server (lmdeploy serve api_server, or python -m labkit.chat.server)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -664,7 +664,7 @@ class OpenAIEngine(ChatEngine):
         except urllib.error.URLError as err:
             raise ConnectionError(
                 f"No chat server answers at {self.base_url} ({err.reason}). Start one: "
-                "`python -m labkit.server MODEL_DIR --port 23333` (CPU) or "
+                "`python -m labkit.chat.server MODEL_DIR --port 23333` (CPU) or "
                 "`lmdeploy serve api_server MODEL_DIR --trust-remote-code --server-port 23333` (GPU)."
             ) from None
 
@@ -782,7 +782,7 @@ def make_engine(model_dir, backend="auto", lmdeploy_backend="turbomind", **kwarg
     else:
         raise ValueError(f"backend={backend!r}: use 'auto', 'transformers' or 'lmdeploy'.")
     engine.picked = f"{engine.description} ({reason})"
-    message = f"labkit.chat: using {engine.picked}"
+    message = f"labkit.chat.engines: using {engine.picked}"
     log.info(message)
     print(message)
     return engine
@@ -837,7 +837,7 @@ class ChatSession:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m labkit.chat", description="Ask an InternVL2 checkpoint one question.")
+    parser = argparse.ArgumentParser(prog="python -m labkit.chat.engines", description="Ask an InternVL2 checkpoint one question.")
     parser.add_argument("model_dir", help="an official-format checkpoint folder")
     parser.add_argument("question", nargs="?", default="请描述这张图片。")
     parser.add_argument("--image", help="a picture to ask about")
@@ -850,7 +850,7 @@ def main(argv=None):
     parser.add_argument("--lmdeploy-template", metavar="JSON",
                         help="only write the model's template as a JSON file for `lmdeploy serve api_server --chat-template`")
     args = parser.parse_args(argv)
-    from labkit.checkpoint import CheckpointError, load_config
+    from labkit.checkpoints.folder import CheckpointError, load_config
 
     try:
         if args.lmdeploy_template:
@@ -885,7 +885,6 @@ def main(argv=None):
 def _write_text(path, text):
     """Write atomically (labkit.fileio); refuse to replace an existing file."""
     from labkit import fileio
-
     path = Path(path)
     if path.exists():
         raise ChatInputError(f"{path} already exists; choose another name or delete it first.")

@@ -1,4 +1,4 @@
-"""A procedural food painter: turns a dish's `Look` (labkit.dishes) into varied pictures.
+"""A procedural food painter: turns a dish's `Look` (labkit.data.dishes) into varied pictures.
 
 Why pictures are drawn rather than downloaded: the course runs offline on a laptop, and a tiny
 vision model needs a few hundred clean, labelled pictures whose content we control. Each dish
@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from labkit import fileio
-from labkit.dishes import DISHES, Dish, Look, get_dish
+from labkit.data.dishes import DISHES, Dish, Look, get_dish
 
 SUPERSAMPLE = 3
 JPEG_QUALITY = 90

@@ -4,11 +4,11 @@ A fine-tune that runs out of memory after ten minutes of loading wastes a lab se
 module adds up, from the checkpoint's ``config.json`` and your training settings, what the
 GPU has to hold at the worst moment of a training step, and says whether it fits a card::
 
-    from labkit import plan
-    p = plan.estimate("configs/internvl2-2b/config.json", method="lora", batch_size=4)
+    from labkit.train import plan
+    p = plan.estimate("labkit/assets/internvl2-2b/config.json", method="lora", batch_size=4)
     print(p)                                  # a table: weights, optimizer, activations...
     plan.fits(p, "A100 80GB x 30%")           # does not fit: needs ~24 GiB of 21.6 usable
-    plan.recommend("configs/internvl2-2b/config.json", "24GB", effective_batch=8)
+    plan.recommend("labkit/assets/internvl2-2b/config.json", "24GB", effective_batch=8)
 
 What sits in GPU memory during one training step
 ------------------------------------------------
@@ -46,7 +46,7 @@ Whose code trains
 -----------------
 The same step costs different memory in different code (``engine``):
 
-* ``"labkit"`` (the default): labkit's model through XTuner with ``labkit.lean``'s model type,
+* ``"labkit"`` (the default): labkit's model through XTuner with ``labkit.train.lean``'s model type,
   bf16 autocast; frozen weights bf16, LoRA inputs bf16.
 * ``"xtuner"``: XTuner's own ``InternVL_V1_5``. PEFT's preparation step leaves the frozen LLM in
   fp32 (2 more bytes per weight) and LoRA inputs are cast to fp32.
@@ -112,7 +112,7 @@ CALIBRATION = Calibration(
     fitted_on="MEASURED_ANCHORS (H200, InternVL2-2B-sized, LoRA r128, 13 tiles), fit_calibration()",
 )
 
-#: labkit's model code trained by XTuner's runner with bf16 AMP ("labkit": labkit.lean's model
+#: labkit's model code trained by XTuner's runner with bf16 AMP ("labkit": labkit.train.lean's model
 #: type; "xtuner": XTuner's own InternVL_V1_5). One set of constants serves both engines: they
 #: differ in tensors the planner counts itself (float32 frozen LLM, float32 LoRA inputs).
 KIT_CALIBRATION = Calibration(
@@ -369,7 +369,7 @@ class PlanSettings:
     freeze_vision: bool = True
     train_projector: bool = True  # XTuner always trains mlp1
     lean_logits: bool = False  # logits + loss only at supervised positions
-    # whose training code runs: "labkit" (labkit.lean's model type through XTuner: frozen weights
+    # whose training code runs: "labkit" (labkit.train.lean's model type through XTuner: frozen weights
     # bf16, LoRA inputs bf16 under autocast), "xtuner" (XTuner's own InternVL_V1_5: PEFT leaves
     # the frozen LLM in fp32 and casts LoRA inputs to fp32) or "transformers" (transformers'
     # InternVL + PEFT, the issue's anchors)
@@ -455,7 +455,7 @@ def llm_layer_saved_bytes(shape: ModelShape, s: PlanSettings) -> dict[str, float
     """
     h, i = shape.llm_hidden, shape.llm_intermediate
     kv = shape.llm_kv_heads * shape.head_dim
-    autocast = s.engine == "labkit"  # bf16 autocast with LoRA inputs left in bf16 (labkit.lean)
+    autocast = s.engine == "labkit"  # bf16 autocast with LoRA inputs left in bf16 (labkit.train.lean)
     saved = {
         # RMSNorm upcasts to fp32: keeps the fp32 input, the fp32 normalised value, bf16 output
         # (under autocast the fp32 normalised value is not kept: measured, tests/test_plan.py)
@@ -469,7 +469,7 @@ def llm_layer_saved_bytes(shape: ModelShape, s: PlanSettings) -> dict[str, float
         linears = shape.llm_linear_shapes()
         # PEFT keeps adapters in fp32: each adapter saves a copy of its input (after dropout,
         # plus the 1-byte dropout mask) and its rank-r fp32 intermediate. PEFT casts the input
-        # to fp32; labkit.lean skips that cast under autocast, so there the copy is bf16.
+        # to fp32; labkit.train.lean skips that cast under autocast, so there the copy is bf16.
         # (and autocast runs the rank-r product in bf16 too).
         per_input = (BF16 if autocast else FP32) + (1 if s.lora_dropout else 0)
         per_rank = BF16 if autocast else FP32

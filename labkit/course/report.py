@@ -8,8 +8,6 @@ import json
 from pathlib import Path
 
 from labkit import fileio
-
-
 def _read(run_dir, name):
     path = Path(run_dir) / name
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

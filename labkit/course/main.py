@@ -1,6 +1,6 @@
 """The main job: run the whole course headless on the tiny default and write a report.
 
-    python -m labkit.course [--run-dir runs/NAME] [--cache-dir .cache/labkit]
+    python -m labkit.course.main [--run-dir runs/NAME] [--cache-dir .cache/labkit]
 
 1. make sure the tiny base model and the food data exist (built once into the cache folder),
 2. execute notebooks 01-05 in order with papermill, each with the run folder as a parameter,
@@ -12,8 +12,8 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from labkit.fileio import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = [
     "01_architecture.ipynb",
     "02_baseline_chat.ipynb",
@@ -31,14 +31,13 @@ def new_run_dir(root=REPO_ROOT / "runs"):
 def run_course(run_dir=None, cache_dir=DEFAULT_CACHE, notebooks=NOTEBOOKS, parameters=None, progress=True):
     """Execute the notebooks in order into ``run_dir``; return the report path."""
     from labkit import fileio
-
     run_dir = fileio.check_folder_target(Path(run_dir or new_run_dir()), "run folder (--run-dir)")
     fileio.check_folder_target(Path(cache_dir), "cache folder (--cache-dir)")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir} already holds a run; choose a new --run-dir (nothing was changed).")
     import papermill
 
-    from labkit.report import write_report
+    from labkit.course.report import write_report
 
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     (run_dir / "figures").mkdir(exist_ok=True)
@@ -69,7 +68,7 @@ def run_course(run_dir=None, cache_dir=DEFAULT_CACHE, notebooks=NOTEBOOKS, param
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m labkit.course", description="Run the whole course headless.")
+    parser = argparse.ArgumentParser(prog="python -m labkit.course.main", description="Run the whole course headless.")
     parser.add_argument("--run-dir", type=Path, default=None, help="where to put this run (default runs/DATE-TIME)")
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("LABKIT_CACHE", DEFAULT_CACHE)))
     args = parser.parse_args(argv)

@@ -1,0 +1,7 @@
+"""From an XTuner checkpoint to a model folder: read the trained weights, merge LoRA, write
+safetensors and check the folder against the trained model.
+
+    from labkit import convert
+    out = convert.convert("configs/tiny_lora_food_cpu.py", "work_dirs/.../iter_96.pth", "models/tuned")
+"""
+from labkit.convert.pipeline import ConversionError, ConversionReport, convert, read_report  # noqa: F401

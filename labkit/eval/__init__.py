@@ -1,0 +1,2 @@
+"""Before and after: evaluation on the held-out pictures and its figures.
+"""
