@@ -4,7 +4,7 @@ Import the fixtures you use into a test module (``from fixtures_model import tin
 Each checkpoint is built once per session even when several modules import its fixture.
 
 * ``tiny_checkpoint``: the tiny course checkpoint exactly as a student makes it, by the CLI
-  ``python -m labkit.checkpoints.folder --tiny DIR`` (bfloat16, default random initialisation).
+  ``labkit checkpoint --tiny DIR`` (bfloat16, default random initialisation).
 * ``parity_checkpoint``: the same architecture with EVERY weight random and of order one -
   norms not 1, biases not 0, layer scales not constant - saved in float32. Default
   initialisation leaves biases at zero and norms at one, so a bias or norm that an
@@ -67,7 +67,7 @@ def tiny_checkpoint(tmp_path_factory):
     """Path of the tiny course checkpoint, written by the labkit CLI."""
     if "tiny" not in _BUILT:
         out = tmp_path_factory.mktemp("ckpt") / "tiny"
-        run_python(["-m", "labkit.checkpoints.folder", "--tiny", out])
+        run_python(["-m", "labkit", "checkpoint", "--tiny", out])
         _BUILT["tiny"] = out
     return _BUILT["tiny"]
 

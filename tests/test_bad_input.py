@@ -55,7 +55,7 @@ def test_missing_tensor_is_named_with_its_file(model_copy):
         check_model_folder(model_copy)
     with pytest.raises(CheckpointError, match=re.escape(name)):
         load_checkpoint(model_copy)  # never random weights with only a warning
-    done = run_cli("labkit.checkpoints.folder", "--check", model_copy)
+    done = run_cli("labkit", "checkpoint", "--check", model_copy)
     assert done.returncode == 2, done.stdout
     assert name in done.stderr and "complete" not in done.stdout
 
@@ -175,10 +175,10 @@ def test_refresh_code_writes_only_into_a_model_folder(tmp_path, model_copy):
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "thesis.txt").write_text("precious", encoding="utf-8")
-    done = run_cli("labkit.course.base_model", "refresh-code", notes)
+    done = run_cli("labkit", "base-model", "refresh-code", notes)
     assert done.returncode == 2 and "config.json: missing" in done.stderr and str(notes) in done.stderr
     assert sorted(p.name for p in notes.iterdir()) == ["thesis.txt"]  # no model code written
-    missing = run_cli("labkit.course.base_model", "refresh-code", tmp_path / "no-such-model")
+    missing = run_cli("labkit", "base-model", "refresh-code", tmp_path / "no-such-model")
     assert missing.returncode == 2 and "no-such-model: no such folder" in missing.stderr
     assert "Traceback" not in missing.stderr and not (tmp_path / "no-such-model").exists()
     # a real model folder is still refreshed
@@ -207,7 +207,7 @@ def test_foodieqa_with_no_usable_question_is_a_failure(foodie, tmp_path):
     assert not out.exists()
     (foodie / "images" / "cf_01.jpg").unlink()
     (foodie / "images" / "yb_01.jpg").unlink()
-    done = run_cli("labkit.data.foodieqa", foodie, out)
+    done = run_cli("labkit", "foodieqa", foodie, out)
     assert done.returncode == 2 and "none of its 4 questions" in done.stderr and not out.exists()
 
 
@@ -239,7 +239,7 @@ def test_foodieqa_questions_file_errors_name_the_file(foodie, tmp_path, content,
     source.write_bytes(content)
     with pytest.raises(ValueError, match=re.escape(str(source)) + ": " + said):
         foodieqa.convert_foodieqa(foodie, tmp_path / "eval.json")
-    done = run_cli("labkit.data.foodieqa", foodie, tmp_path / "eval.json")
+    done = run_cli("labkit", "foodieqa", foodie, tmp_path / "eval.json")
     assert done.returncode == 2 and str(source) in done.stderr and "Traceback" not in done.stderr
 
 
@@ -258,7 +258,7 @@ def test_a_nul_byte_in_an_image_path_is_a_validation_problem(food_one, tmp_path)
     report = validate(annotation, food_one["image_folder"])  # used to raise "ValueError: embedded null byte"
     assert not report.ok and "U+0000 (a NUL byte)" in report.summary() and "record 1" in report.summary()
     assert "\0" not in report.summary()
-    done = run_cli("labkit.data.validate", annotation, "--image-folder", food_one["image_folder"])
+    done = run_cli("labkit", "validate", annotation, "--image-folder", food_one["image_folder"])
     assert done.returncode == 1 and "NUL byte" in done.stdout and "Traceback" not in done.stderr
 
 
@@ -308,7 +308,7 @@ def test_server_on_a_port_in_use_says_which_before_loading(tmp_path):
         taken.listen(1)
         port = taken.getsockname()[1]
         started = time.monotonic()
-        done = run_cli("labkit.chat.server", base_model.ASSET_DIR, "--port", port)
+        done = run_cli("labkit", "serve", base_model.ASSET_DIR, "--port", port)
     assert done.returncode == 2, done.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "already listens" in done.stderr
     assert "The model was not loaded" in done.stderr and "Traceback" not in done.stderr
@@ -328,10 +328,10 @@ def test_a_base_url_without_http_is_called_malformed():
 def test_checkpoint_output_that_is_a_file(tmp_path):
     out = tmp_path / "model"
     out.write_text("my notes", encoding="utf-8")
-    done = run_cli("labkit.checkpoints.folder", "--tiny", out)
+    done = run_cli("labkit", "checkpoint", "--tiny", out)
     assert done.returncode == 2 and f"{out}: is a file, not a folder" in done.stderr and "Traceback" not in done.stderr
     assert out.read_text(encoding="utf-8") == "my notes"
-    check = run_cli("labkit.checkpoints.folder", "--check", out)
+    check = run_cli("labkit", "checkpoint", "--check", out)
     assert check.returncode == 2 and f"{out}: is a file, not a model folder" in check.stderr
 
 
@@ -353,7 +353,7 @@ def test_run_dir_that_is_a_file(tmp_path):
 
     run = tmp_path / "run"
     run.write_text("my notes", encoding="utf-8")
-    done = run_cli("labkit.course.main", "--run-dir", run, "--cache-dir", tmp_path / "cache")
+    done = run_cli("labkit", "run", "--run-dir", run, "--cache-dir", tmp_path / "cache")
     assert done.returncode == 2 and f"{run}: is a file, not a folder" in done.stderr and "Traceback" not in done.stderr
     with pytest.raises(NotADirectoryError, match=re.escape(str(run))):
         Workspace(run / "inside", tmp_path / "cache")
@@ -367,7 +367,7 @@ def test_a_config_json_that_is_not_an_object_is_named(tmp_path, text):
 
     config = tmp_path / "config.json"
     config.write_text(text, encoding="utf-8")
-    done = run_cli("labkit.checkpoints.folder", "--config", config, tmp_path / "out")
+    done = run_cli("labkit", "checkpoint", "--config", config, tmp_path / "out")
     assert done.returncode == 2 and f"{config}: holds a JSON" in done.stderr and "not an object" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match=re.escape(str(config)) + " holds a JSON .*not an object"):
@@ -408,7 +408,7 @@ def test_overwrite_never_replaces_a_folder_that_is_not_a_model(tmp_path):
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "thesis.txt").write_text("precious", encoding="utf-8")
-    done = run_cli("labkit.checkpoints.folder", "--tiny", notes, "--overwrite")
+    done = run_cli("labkit", "checkpoint", "--tiny", notes, "--overwrite")
     assert done.returncode == 2 and "holds no config.json, so it is not a model folder" in done.stderr
     assert sorted(p.name for p in notes.iterdir()) == ["thesis.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]  # no temporary folder left
@@ -444,7 +444,7 @@ def test_a_safetensors_header_whose_sizes_disagree_is_named(model_copy):
 def test_data_build_inside_a_file_is_a_clear_error(tmp_path):
     notes = tmp_path / "notes"
     notes.write_text("mine", encoding="utf-8")
-    done = run_cli("labkit.data.build", "build", notes / "data")
+    done = run_cli("labkit", "data", "build", notes / "data")
     assert done.returncode == 2 and f"{notes}: is a file" in done.stderr and "Traceback" not in done.stderr
 
 

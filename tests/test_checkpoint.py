@@ -171,5 +171,5 @@ def test_write_refuses_a_tokenizer_larger_than_the_vocabulary(tmp_path, tiny_tok
 
 
 def test_cli_check(folder):
-    done = run_python(["-m", "labkit.checkpoints.folder", "--check", folder])
+    done = run_python(["-m", "labkit", "checkpoint", "--check", folder])
     assert "looks like a complete InternVL2 checkpoint" in done.stdout

@@ -200,7 +200,7 @@ def test_cli_builds_and_refuses(tmp_path):
     out = tmp_path / "cli"
     sizes = json.dumps({"general": {"train": 1, "val": 0, "test": 0},
                         "food": {"train": 0, "val": 0, "test": 1}})
-    cmd = [sys.executable, "-m", "labkit.data.build", "build", str(out), "--seed", "4", "--sizes", sizes]
+    cmd = [sys.executable, "-m", "labkit", "data", "build", str(out), "--seed", "4", "--sizes", sizes]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert (out / "food" / "test.json").is_file() and "pictures" in done.stdout

@@ -182,13 +182,13 @@ def test_committed_base_model_matches_the_current_code():
     check_model_folder(folder)
     assert base_model.stale_code(folder) == [], (
         "labkit/model changed since the base model was built: run "
-        "`python -m labkit.course.base_model refresh-code labkit/assets/base-tiny` (or rebuild it) and commit")
+        "`labkit base-model refresh-code labkit/assets/base-tiny` (or rebuild it) and commit")
     from transformers import AutoTokenizer
 
     shipped = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=True).get_vocab()
     assert shipped == train_tokenizer(course_texts(), vocab_size=TINY_VOCAB).get_vocab(), (
         "the course texts (dishes, prompts) changed: rebuild the base model "
-        "(python -m labkit.course.base_model build labkit/assets/base-tiny --overwrite)")
+        "(labkit base-model build labkit/assets/base-tiny --overwrite)")
     report = json.loads((folder / base_model.REPORT_NAME).read_text(encoding="utf-8"))
     assert base_model.BaseCheck(**{k: report["check"][k] for k in
                                    ("known_accuracy", "held_back_accuracy", "sentence_rate", "answers")}).failures() == []

@@ -82,7 +82,7 @@ def test_does_not_overwrite_and_needs_the_real_layout(foodie, tmp_path):
 
 
 def test_cli_prints_licence_and_refuses_training(foodie, tmp_path):
-    run = [sys.executable, "-m", "labkit.data.foodieqa", str(foodie)]
+    run = [sys.executable, "-m", "labkit", "foodieqa", str(foodie)]
     refused = subprocess.run(run + [str(tmp_path / "t.json"), "--purpose", "train"],
                              capture_output=True, text=True, cwd=REPO)
     assert refused.returncode == 2 and "CC BY-NC-ND" in refused.stdout

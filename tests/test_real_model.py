@@ -92,7 +92,7 @@ def test_the_folder_check_names_timm_when_it_is_missing(opengvlab_like_checkpoin
 def test_refresh_code_leaves_a_folder_with_its_own_code_alone(opengvlab_like_checkpoint, tmp_path):  # noqa: F811
     folder = shutil.copytree(opengvlab_like_checkpoint, tmp_path / "own-code")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    done = subprocess.run([sys.executable, "-m", "labkit.course.base_model", "refresh-code", str(folder)],
+    done = subprocess.run([sys.executable, "-m", "labkit", "base-model", "refresh-code", str(folder)],
                           capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert done.returncode == 2 and "not labkit's (tokenization_internlm2.py" in done.stderr
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

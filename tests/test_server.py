@@ -1,4 +1,4 @@
-"""OpenAIEngine against a real ``python -m labkit.chat.server`` on 127.0.0.1 serving the tiny model.
+"""OpenAIEngine against a real ``labkit serve`` on 127.0.0.1 serving the tiny model.
 
 The server runs in its own process, as a student starts it; every answer it gives is compared
 with the in-process TransformersEngine on the same checkpoint, so the whole path - request
@@ -32,7 +32,7 @@ def serve(model_dir):
     URL; stop it afterwards - also on failure."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "labkit.chat.server", str(model_dir), "--port", "0", "--quiet"],
+        [sys.executable, "-m", "labkit", "serve", str(model_dir), "--port", "0", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT,
     )
     lines = queue.Queue()

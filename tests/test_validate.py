@@ -148,7 +148,7 @@ def test_raise_if_bad_names_record_and_file(tmp_path, root):
 
 def test_cli_exit_codes(tmp_path, root):
     good, bad = write(tmp_path, [record()]), write(tmp_path, [record("gone.jpg")], "bad.json")
-    run = [sys.executable, "-m", "labkit.data.validate", "--image-folder", str(root)]
+    run = [sys.executable, "-m", "labkit", "validate", "--image-folder", str(root)]
     ok = subprocess.run(run + [str(good)], capture_output=True, text=True, cwd=REPO)
     assert ok.returncode == 0 and "OK" in ok.stdout
     fail = subprocess.run(run + [str(bad)], capture_output=True, text=True, cwd=REPO)

@@ -3,7 +3,7 @@
 ::
 
     pip install -r requirements/demo.txt        # gradio is optional: the notebooks do not need it
-    python -m labkit.chat.demo models/tiny            # then open http://127.0.0.1:7860
+    labkit demo models/tiny            # then open http://127.0.0.1:7860
 
 The page uses the same engines as the notebooks (:func:`labkit.chat.engines.make_engine` picks LMDeploy
 on a GPU that has it, transformers otherwise) and the same template, so the answers match the
@@ -116,7 +116,7 @@ def build_demo(engine, title="InternVL2 chat"):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m labkit.chat.demo", description="Chat with a checkpoint in the browser.")
+    parser = argparse.ArgumentParser(prog="labkit demo", description="Chat with a checkpoint in the browser.")
     parser.add_argument("model_dir", help="an official-format checkpoint folder")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
@@ -132,7 +132,3 @@ def main(argv=None):
         print(f"labkit.chat.demo: listening on {args.host}: other machines can reach this page.", file=sys.stderr)
     build_demo(engine).queue(max_size=16).launch(server_name=args.host, server_port=args.port, share=False)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

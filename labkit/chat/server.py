@@ -6,7 +6,7 @@ the same API with labkit's :class:`~labkit.chat.engines.TransformersEngine`; eve
 (:class:`~labkit.chat.engines.OpenAIEngine`, ``curl``, the ``openai`` package) then works the same way
 against either server::
 
-    python -m labkit.chat.server models/tiny --port 23333
+    labkit serve models/tiny --port 23333
     curl http://127.0.0.1:23333/v1/chat/completions -H 'Content-Type: application/json' \\
          -d '{"messages": [{"role": "user", "content": "你好"}], "max_tokens": 20}'
 
@@ -287,7 +287,7 @@ def listen(host, port, model_name, quiet=False) -> ChatServer:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m labkit.chat.server", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="labkit serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", help="an official-format checkpoint folder")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=23333, help="port (0: any free port; the URL is printed)")
@@ -328,7 +328,3 @@ def main(argv=None):
     finally:
         server.server_close()
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,9 +8,9 @@ InternVL2-2B's real architecture with random weights (for GPU memory and speed m
 
 CLI::
 
-    python -m labkit.checkpoints.folder --tiny OUT_DIR            # the tiny course model, random weights
-    python -m labkit.checkpoints.folder --config labkit/assets/internvl2-2b/config.json OUT_DIR
-    python -m labkit.checkpoints.folder --check MODEL_DIR          # check a folder before loading it
+    labkit checkpoint --tiny OUT_DIR            # the tiny course model, random weights
+    labkit checkpoint --config labkit/assets/internvl2-2b/config.json OUT_DIR
+    labkit checkpoint --check MODEL_DIR          # check a folder before loading it
 """
 import argparse
 import json
@@ -329,7 +329,7 @@ def check_model_folder(path):
         raise CheckpointError(f"{folder}: is a file, not a model folder; pass the folder that holds config.json "
                               "and model.safetensors.")
     if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such model folder. Build one with `python -m labkit.checkpoints.folder --tiny {folder}`.")
+        raise CheckpointError(f"{folder}: no such model folder. Build one with `labkit checkpoint --tiny {folder}`.")
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{config_path}: missing; a model folder needs config.json.")
@@ -445,7 +445,7 @@ def _load_with_labkit_code(path, config, dtype):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m labkit.checkpoints.folder", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="labkit checkpoint", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="folder to write (or to check, with --check)")
     parser.add_argument("--tiny", action="store_true", help="write the tiny course model")
     parser.add_argument("--config", help="write this config.json's architecture (e.g. labkit/assets/internvl2-2b/config.json)")
@@ -467,7 +467,3 @@ def main(argv=None):
         return 2
     print(f"wrote {out}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

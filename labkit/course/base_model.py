@@ -18,9 +18,9 @@ That takes several minutes on a 2-core laptop, so the result is committed under
 ``labkit/assets/base-tiny`` (bf16 safetensors, about 2 MB) together with ``base-model.json``
 (the figures, the seed, the settings). Rebuild it with::
 
-    python -m labkit.course.base_model build labkit/assets/base-tiny --overwrite [--seed 1]
-    python -m labkit.course.base_model check labkit/assets/base-tiny     # re-measure the targets
-    python -m labkit.course.base_model refresh-code labkit/assets/base-tiny   # after a model-code fix
+    labkit base-model build labkit/assets/base-tiny --overwrite [--seed 1]
+    labkit base-model check labkit/assets/base-tiny     # re-measure the targets
+    labkit base-model refresh-code labkit/assets/base-tiny   # after a model-code fix
 
 Notebooks and the main job call `ensure_base()`, which returns the committed folder (or, if it
 is missing, builds one into a cache folder named after a fingerprint of the code that makes it).
@@ -168,7 +168,7 @@ def build(out_dir, seed=DEFAULT_SEED, data_root=None, work_dir=None, overwrite=F
                                  f"nothing was published. Training log: {result.log_path}")
         timings["total_s"] = round(time.monotonic() - started, 1)
         report = {
-            "command": f"python -m labkit.course.base_model build {out_dir} --seed {seed}" + (f" --start {start}" if start else ""),
+            "command": f"labkit base-model build {out_dir} --seed {seed}" + (f" --start {start}" if start else ""),
             "seed": seed, "data_seed": data_seed, "fingerprint": fingerprint(),
             "check": asdict(check), "targets": TARGETS,
             "timings": timings, "iterations": result.iterations, "final_loss": result.losses[-1][1],
@@ -266,12 +266,12 @@ def ensure_base(cache_dir=None, progress=True) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m labkit.course.base_model", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="labkit base-model", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="action", required=True)
     b = sub.add_parser("build", help="build the base model from scratch (several minutes on a CPU)")
     b.add_argument("out_dir")
     b.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"weights and data order (default {DEFAULT_SEED})")
-    b.add_argument("--data", help="reuse a data folder built by `python -m labkit.data.build build`")
+    b.add_argument("--data", help="reuse a data folder built by `labkit data build`")
     b.add_argument("--work-dir", help="keep intermediate files (random model, data, XTuner run) here")
     b.add_argument("--threads", type=int, default=0, help="CPU threads for training (0 = all cores)")
     b.add_argument("--overwrite", action="store_true")
@@ -315,7 +315,3 @@ def main(argv=None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
     print(check.summary())
     return 1 if check.failures() else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

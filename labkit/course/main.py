@@ -1,6 +1,6 @@
 """The main job: run the whole course headless on the tiny default and write a report.
 
-    python -m labkit.course.main [--run-dir runs/NAME] [--cache-dir .cache/labkit]
+    labkit run [--run-dir runs/NAME] [--cache-dir .cache/labkit]
 
 1. make sure the tiny base model and the food data exist (built once into the cache folder),
 2. execute notebooks 01-05 in order with papermill, each with the run folder as a parameter,
@@ -68,7 +68,7 @@ def run_course(run_dir=None, cache_dir=DEFAULT_CACHE, notebooks=NOTEBOOKS, param
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m labkit.course.main", description="Run the whole course headless.")
+    parser = argparse.ArgumentParser(prog="labkit run", description="Run the whole course headless.")
     parser.add_argument("--run-dir", type=Path, default=None, help="where to put this run (default runs/DATE-TIME)")
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("LABKIT_CACHE", DEFAULT_CACHE)))
     args = parser.parse_args(argv)
@@ -78,7 +78,3 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -18,9 +18,9 @@ FoodieQA-style multiple choice ("图中的菜是哪一道？ A. 叉烧 B. 肠粉
 "B，图中的菜是肠粉。"). Each picture is rendered once and belongs to exactly one subset and split,
 so no test picture was ever seen in training. Everything follows from the seed.
 
-    python -m labkit.data.build build data/ --seed 0
-    python -m labkit.data.build build data/ --overwrite --sizes '{"food": {"train": 30}}'
-    python -m labkit.data.build sheet dishes.png        # a contact sheet of every dish
+    labkit data build data/ --seed 0
+    labkit data build data/ --overwrite --sizes '{"food": {"train": 30}}'
+    labkit data sheet dishes.png        # a contact sheet of every dish
 
 Layout written:
 
@@ -335,7 +335,7 @@ def _publish(stage: Path, out_root: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: `build OUT_ROOT [--seed N] [--overwrite]` or `sheet PNG`."""
-    parser = argparse.ArgumentParser(prog="python -m labkit.data.build", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="labkit data", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="render the general and food data sets")
     build.add_argument("out_root", help="folder to create (new or empty)")
@@ -368,7 +368,3 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {result[subset][split]}")
     print(f"image folder: {result['image_folder']}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,7 +25,7 @@ Each becomes one record, image paths relative to FOODIE_ROOT (use it as the imag
     human: "<image>\\n<question> A. ... B. ... C. ... D. ..."
     gpt:   "B，图中的菜是<food_name>。"
 
-    python -m labkit.data.foodieqa FOODIE_ROOT OUT.json [--question-type food_name]
+    labkit foodieqa FOODIE_ROOT OUT.json [--question-type food_name]
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def convert_foodieqa(foodie_root: str | os.PathLike, out_path: str | os.PathLike
 
 def main(argv: list[str] | None = None) -> int:
     """Command line wrapper around convert_foodieqa."""
-    parser = argparse.ArgumentParser(prog="python -m labkit.data.foodieqa",
+    parser = argparse.ArgumentParser(prog="labkit foodieqa",
                                      description="Convert FoodieQA sivqa questions (evaluation only).")
     parser.add_argument("foodie_root", help="folder holding sivqa_tidy.json and images/")
     parser.add_argument("out", help="annotation .json to write")
@@ -204,7 +204,3 @@ def main(argv: list[str] | None = None) -> int:
     for index, reason in summary["skipped"][:20]:
         print(f"  skipped question {index}: {reason}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

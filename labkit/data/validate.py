@@ -5,7 +5,7 @@ record, printing one line in a long log. A broken picture therefore does not sto
 quietly changes the data. labkit runs this validator before every training run, and you can run
 it yourself:
 
-    python -m labkit.data.validate data/food/train.json --image-folder data/images
+    labkit validate data/food/train.json --image-folder data/images
 
 What is checked, for every record (reported with its number and the file involved):
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -88,7 +87,7 @@ class ValidationReport:
         if len(self.problems) > limit:
             lines.append(f"  ... and {len(self.problems) - limit} more")
         lines.append("Fix the records or images above (or rebuild the data with "
-                     "`python -m labkit.data.build build`), then validate again.")
+                     "`labkit data build`), then validate again.")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -296,7 +295,7 @@ def validate(annotation: str | os.PathLike, image_folder: str | os.PathLike,
 def main(argv: list[str] | None = None) -> int:
     """Command line: validate one or more annotation files; exit 1 if anything is wrong."""
     parser = argparse.ArgumentParser(
-        prog="python -m labkit.data.validate",
+        prog="labkit validate",
         description="Check an XTuner/InternVL annotation file and its images before training.")
     parser.add_argument("annotations", nargs="+", help="annotation .json or .jsonl file(s)")
     parser.add_argument("--image-folder", required=True,
@@ -311,7 +310,3 @@ def main(argv: list[str] | None = None) -> int:
         print(report.summary(limit=len(report.problems) if args.all else SHOWN_PROBLEMS))
         bad = bad or not report.ok
     return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
