@@ -29,7 +29,7 @@ TRAIN_TARGET_S = 180
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, help="a folder built by `python -m labkit.data.build build`")
+    parser.add_argument("--data", type=Path, help="a folder built by `labkit data build`")
     parser.add_argument("--base", type=Path, help="base model folder (default: labkit.course.base_model.ensure_base())")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for training (0 = all cores)")
     parser.add_argument("--seed", type=int, default=0)

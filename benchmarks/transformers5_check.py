@@ -5,7 +5,7 @@ checkpoint is also opened on a GPU machine with transformers 5.17. This script r
 checkpoint through every public path there, on the CPU, in a few seconds::
 
     python benchmarks/transformers5_check.py --make-overlay /tmp/tf5      # once: transformers 5 beside 4.57
-    python -m labkit.checkpoints.folder --tiny /tmp/tiny
+    labkit checkpoint --tiny /tmp/tiny
     PYTHONPATH=/tmp/tf5 python benchmarks/transformers5_check.py /tmp/tiny
 
 The overlay is a folder of packages that shadows the virtualenv's own when it is first on
