@@ -297,7 +297,7 @@ def main(argv=None):
                 row = {"config": name, "batch": size_, "error": "out of memory"}
             else:
                 planned = None if args.tiny else plan.estimate(
-                    INTERNVL2_2B_CONFIG, method="lora", lora_rank=128, batch_size=size_,
+                    INTERNVL2_2B_CONFIG, method="lora", lora_r=128, batch_size=size_,
                     tiles=bench.tiles_per_sample, lean_logits=lean, gradient_checkpointing=ckpt).total
                 row = {"config": name, "batch": size_, "step_s": round(step, 4),
                        "tokens_per_s": round(bench.tokens(size_) / step),

@@ -105,7 +105,6 @@ def main(argv=None):
     for batch in args.batches:
         for mode in args.modes:
             knobs = MODES[mode]
-            lean, ckpt = knobs["lean_logits"], knobs.get("gradient_checkpointing", True)
             subset = work / f"data-b{batch}.json"
             records = json.loads(data.read_text(encoding="utf-8"))[: batch * args.iters]
             subset.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
@@ -122,9 +121,9 @@ def main(argv=None):
             step, peak = figures_from_log(result.log_path)
             text = plan.KIT_SETTINGS["text_tokens"]  # prompt + answer tokens of write_data's samples
             tokens = batch * (tiles * (16 if args.tiny else 256) + text)
+            # the planner reads the same Settings; its XTuner model type picks the engine
             predicted = None if args.tiny else plan.estimate(
-                INTERNVL2_2B_CONFIG, engine="xtuner" if mode == "stock" else "labkit", batch_size=batch,
-                lean_logits=lean, gradient_checkpointing=ckpt, **plan.KIT_SETTINGS).total
+                INTERNVL2_2B_CONFIG, settings, tiles=tiles, text_tokens=text).total
             rows.append({"batch": batch, "mode": mode, "step_s": round(step, 3),
                          "tokens_per_s": round(tokens / step) if step == step else None,
                          "peak_allocated_gib": round(peak, 2) if peak else None,

@@ -71,7 +71,7 @@ def other_methods(config) -> list[str]:
         ("QLoRA r128, lean logits", dict(plan.ANCHOR_SETTINGS, method="qlora", lean_logits=True)),
         ("full fine-tune", dict(tiles=13, method="full")),
         ("full fine-tune, ZeRO-3 on 4 GPUs", dict(tiles=13, method="full", zero_stage=3,
-                                                  num_gpus=4)),
+                                                  gpus=4)),
     ]
     for label, settings in cases:
         p = plan.estimate(config, batch_size=1, **settings)

@@ -170,6 +170,20 @@ def test_shares_outside_0_to_100_percent_are_refused(share):
     assert plan.parse_budget("A100 80GB x 100%").gib == 80.0
 
 
+def test_plan_refuses_training_settings_it_does_not_model():
+    from labkit.train import plan
+    from labkit.train.settings import course_gpu, tiny_lora_cpu
+    config = REPO_ROOT / "labkit" / "assets" / "internvl2-2b" / "config.json"
+    with pytest.raises(ValueError, match="weights_dtype 'float32' is not planned for"):
+        plan.estimate(config, tiny_lora_cpu())  # never planned as if its weights were bf16
+    with pytest.raises(ValueError, match="method='full' with freeze_llm=True"):
+        plan.estimate(config, course_gpu().replace(method="full", freeze_llm=True))
+    with pytest.raises(ValueError, match="settings must be a labkit.train.settings.Settings .*got dict"):
+        plan.estimate(config, {"batch_size": 2})
+    with pytest.raises(ValueError, match="'max_epochs' is a training setting that does not change the memory plan"):
+        plan.recommend(config, "24GB", course_gpu(), max_epochs=2)
+
+
 # == silent wrong results: refresh-code and an empty FoodieQA conversion ======================
 def test_refresh_code_writes_only_into_a_model_folder(tmp_path, model_copy):
     notes = tmp_path / "notes"

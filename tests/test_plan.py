@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from labkit.train import plan
+from labkit.train.settings import course_gpu
+
 REPO = Path(__file__).resolve().parent.parent
 REAL_CONFIG = REPO / "labkit" / "assets" / "internvl2-2b" / "config.json"
 
@@ -150,17 +152,17 @@ def test_margin_decides_borderline_cases():
 def test_recommend_course_budget_keeps_effective_batch():
     rec = plan.recommend(SECTION_2, COURSE_BUDGET, effective_batch=8, **plan.ANCHOR_SETTINGS)
     assert rec.fits and (rec.batch_size, rec.grad_accum) == (2, 4)
-    assert rec.batch_size * rec.grad_accum * rec.num_gpus == 8
+    assert rec.batch_size * rec.grad_accum * rec.gpus == 8
 
 
 def test_recommend_big_card_and_several_gpus():
     rec = plan.recommend(SECTION_2, "H200", effective_batch=8, **plan.ANCHOR_SETTINGS)
     assert (rec.batch_size, rec.grad_accum) == (8, 1)
-    settings = dict(plan.ANCHOR_SETTINGS, num_gpus=2)
+    settings = dict(plan.ANCHOR_SETTINGS, gpus=2)
     rec = plan.recommend(SECTION_2, "RTX 4090", effective_batch=16, **settings)
     assert rec.batch_size * rec.grad_accum * 2 == 16 and rec.batch_size == 2
     with pytest.raises(ValueError, match="effective_batch 9"):
-        plan.recommend(SECTION_2, "H200", effective_batch=9, num_gpus=2)
+        plan.recommend(SECTION_2, "H200", effective_batch=9, gpus=2)
     with pytest.raises(ValueError, match="batch_size"):
         plan.recommend(SECTION_2, "H200", batch_size=4)
 
@@ -173,6 +175,47 @@ def test_recommend_nothing_fits_says_what_to_try():
     for idea in ("lean_logits=True", "qlora", "zero_stage=3", "tiles="):
         assert idea in text
     assert any(s.endswith(": fits") for s in rec.suggestions)
+
+
+# ---------------------------------------------------------------- the training Settings
+
+
+def test_the_course_recipe_plans_like_its_knobs_written_out():
+    course = course_gpu()
+    written_out = dict(method="lora", batch_size=4, max_length=8192, lora_r=128, lora_target_modules=None,
+                       lora_dropout=0.05, gradient_checkpointing=True, zero_stage=0, gpus=1,
+                       weights_dtype="bfloat16", freeze_visual_encoder=True, lean_logits=True)
+    assert plan.settings_knobs(course) == dict(written_out, engine="labkit")
+    assert plan.estimate(SECTION_2, course) == plan.estimate(SECTION_2, engine="labkit", **written_out)
+
+
+def test_the_engine_is_the_model_type_the_settings_train_with():
+    course = course_gpu()
+    assert plan.settings_knobs(course)["engine"] == "labkit"  # lean logits: labkit.train.lean
+    stock = course.replace(lean_logits=False)
+    assert not stock.uses_lean_model and plan.settings_knobs(stock)["engine"] == "xtuner"
+    fast = stock.replace(gradient_checkpointing=False)  # only labkit.train.lean turns checkpointing off
+    assert plan.settings_knobs(fast)["engine"] == "labkit"
+    assert plan.estimate(SECTION_2, stock, engine="transformers").settings.engine == "transformers"
+
+
+def test_keywords_override_the_settings():
+    course = course_gpu()
+    assert plan.estimate(SECTION_2, course, batch_size=2) == plan.estimate(SECTION_2, course.replace(batch_size=2))
+    smaller = plan.estimate(SECTION_2, course.replace(lora_r=8))
+    assert smaller.optimizer < plan.estimate(SECTION_2, course).optimizer / 10
+    assert plan.estimate(SECTION_2, course, tiles=5).sequence_length == 5 * 256 + 90
+
+
+def test_recommend_from_settings_keeps_their_effective_batch():
+    stock = course_gpu().replace(lean_logits=False)  # batch 4 x accumulation 2 on 1 GPU
+    rec = plan.recommend(SECTION_2, COURSE_BUDGET, stock)
+    assert rec.fits and (rec.batch_size, rec.grad_accum, rec.effective_batch) == (2, 4, 8)
+    rec = plan.recommend(SECTION_2, "H200", stock.replace(accumulative_counts=4))
+    assert rec.effective_batch == 16 and rec.batch_size * rec.grad_accum == 16
+    assert plan.recommend(SECTION_2, COURSE_BUDGET, stock, effective_batch=4).effective_batch == 4
+    with pytest.raises(ValueError, match="batch_size"):
+        plan.recommend(SECTION_2, COURSE_BUDGET, stock, batch_size=2)
 
 
 # ---------------------------------------------------------------- budgets
@@ -220,17 +263,17 @@ def test_settings_move_memory_the_right_way():
     assert qlora.weights < base.weights * 0.55  # the LLM's Linears in 4 bits
     full = plan.estimate(SECTION_2, batch_size=2, method="full")
     assert full.optimizer > 10 * base.optimizer  # 12 bytes for every LLM parameter
-    sharded = plan.estimate(SECTION_2, batch_size=2, method="full", zero_stage=3, num_gpus=4)
+    sharded = plan.estimate(SECTION_2, batch_size=2, method="full", zero_stage=3, gpus=4)
     assert sharded.weights == pytest.approx(full.weights / 4)
     assert sharded.optimizer == pytest.approx(full.optimizer / 4)
-    trained_vision = plan.estimate(SECTION_2, batch_size=2, freeze_vision=False)
+    trained_vision = plan.estimate(SECTION_2, batch_size=2, freeze_visual_encoder=False)
     assert trained_vision.activations > base.activations
     assert trained_vision.trained_parameters - base.trained_parameters == pytest.approx(304e6, rel=0.01)
     fewer_tiles = plan.estimate(SECTION_2, batch_size=2, tiles=5)
     assert fewer_tiles.sequence_length == 5 * 256 + 90 and fewer_tiles.total < base.total
-    smaller_rank = plan.estimate(SECTION_2, batch_size=2, lora_rank=8)
+    smaller_rank = plan.estimate(SECTION_2, batch_size=2, lora_r=8)
     assert smaller_rank.optimizer < base.optimizer / 10
-    mlp_only = plan.estimate(SECTION_2, batch_size=2, lora_targets=("w1", "w3", "w2"))
+    mlp_only = plan.estimate(SECTION_2, batch_size=2, lora_target_modules=("w1", "w3", "w2"))
     assert base.optimizer > mlp_only.optimizer > base.optimizer / 2
 
 
@@ -261,12 +304,18 @@ def test_truncation_is_reported():
     (dict(tiles=0), "tiles .* between 1 and 13, got 0"),
     (dict(tiles=14), "tiles .* between 1 and 13, got 14"),
     (dict(batchsize=4), "unknown setting 'batchsize'. Did you mean 'batch_size'"),
-    (dict(lora_targets=["wq"]), "unknown lora target 'wq'"),
-    (dict(lora_targets="wq"), "unknown lora target 'wq'"),
+    (dict(lora_target_modules=["wq"]), "unknown lora target 'wq'"),
+    (dict(lora_target_modules="wq"), "unknown lora target 'wq'"),
+    (dict(lora_target_modules=()), "unknown lora target .*use None"),
     (dict(text_tokens=0), "text_tokens .* got 0"),
     (dict(zero_stage=4), "zero_stage .* got 4"),
-    (dict(num_gpus=0), "num_gpus .* got 0"),
-    (dict(dtype="fp32"), "dtype 'fp32'"),
+    (dict(gpus=0), "gpus .* got 0"),
+    (dict(weights_dtype="float32"), "weights_dtype 'float32' is not planned for"),
+    (dict(lora_dropout=True), "lora_dropout must be a dropout probability.*got True"),
+    (dict(lora_dropout=1.0), "lora_dropout .* got 1.0"),
+    (dict(lora_rank=8), "unknown setting 'lora_rank'.*write 'lora_r'"),
+    (dict(num_gpus=2), "unknown setting 'num_gpus'.*write 'gpus'"),
+    (dict(lr=1e-4), "'lr' is a training setting that does not change the memory plan"),
     (dict(lean_logits="yes"), "lean_logits must be True or False, got 'yes'"),
     (dict(supervised_tokens=500), "supervised_tokens .* got 500"),
 ])
@@ -385,7 +434,7 @@ def test_layer_activation_list_matches_tensors_saved_by_a_real_layer(engine):
     measured = sum(saved.values()) / tokens
 
     shape = plan.read_model_shape(config)
-    settings = plan.make_settings(shape, lora_rank=16, engine=engine)
+    settings = plan.make_settings(shape, lora_r=16, engine=engine)
     listed = sum(plan.llm_layer_saved_bytes(shape, settings).values())
     assert measured == pytest.approx(listed, rel=0.10)
 
