@@ -35,6 +35,7 @@ from pathlib import Path
 
 CHECKED_TRANSFORMERS = "4.57.6"
 SERVED_TRANSFORMERS = ("4.37", "5")  # the layer runs for versions in [first, second)
+LABKIT_TEMPLATE = "internlm2-chat-xtuner"  # the template labkit's folders name in config.json (XTuner's layout)
 
 # Import names whose pip package has another name.
 PIP_NAMES = {"cv2": "opencv-python-headless", "PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn"}
