@@ -36,7 +36,7 @@ from opengvlab_like_folder import build_opengvlab_like  # noqa: E402
 
 from labkit.train import finetune  # noqa: E402
 from labkit import model as model_code  # noqa: E402
-from labkit.chat.engines import Settings, TransformersEngine  # noqa: E402
+from labkit.chat import Sampling, TransformersEngine  # noqa: E402
 from labkit.checkpoints.folder import AUTO_MAP, INTERNVL2_2B_CONFIG, load_config  # noqa: E402
 from labkit.train.settings import course_gpu, tiny_lora_cpu  # noqa: E402
 
@@ -74,8 +74,8 @@ def chat_figures(folder, picture, device, new_tokens=64):
     import torch
 
     engine = TransformersEngine(folder, device=device)
-    answer = engine.ask(QUESTION, picture, settings=Settings(max_new_tokens=24))
-    kwargs = engine.generate_inputs(QUESTION, picture, settings=Settings(max_new_tokens=1))
+    answer = engine.ask(QUESTION, picture, settings=Sampling(max_new_tokens=24))
+    kwargs = engine.generate_inputs(QUESTION, picture, settings=Sampling(max_new_tokens=1))
 
     def timed(tokens):
         run = dict(kwargs, max_new_tokens=tokens, min_new_tokens=tokens)

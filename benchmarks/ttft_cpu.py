@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from labkit.chat.engines import Settings, TransformersEngine  # noqa: E402
+from labkit.chat import Sampling, TransformersEngine  # noqa: E402
 from labkit.checkpoints.folder import write_checkpoint  # noqa: E402
 
 QUESTION = "这是什么菜？"
@@ -44,8 +44,8 @@ def measure(engine, size, decode_tokens, repeat):
     from PIL import Image
 
     image = Image.new("RGB", size, (200, 120, 60)) if size else None
-    ttft = median_seconds(lambda: engine.ask(QUESTION, image, settings=Settings(max_new_tokens=1)), repeat)
-    inputs = engine.generate_inputs(QUESTION, image, settings=Settings(max_new_tokens=decode_tokens))
+    ttft = median_seconds(lambda: engine.ask(QUESTION, image, settings=Sampling(max_new_tokens=1)), repeat)
+    inputs = engine.generate_inputs(QUESTION, image, settings=Sampling(max_new_tokens=decode_tokens))
     inputs["min_new_tokens"] = decode_tokens  # random weights may stop early; force the full length
 
     def full():

@@ -41,7 +41,7 @@ COMMANDS = {
                        "render, check or show the XTuner configs made from the presets"),
     "convert": Command("labkit.convert.pipeline:main",
                        "merge an XTuner .pth checkpoint into a safetensors model folder, with checks"),
-    "chat": Command("labkit.chat.engines:main",
+    "chat": Command("labkit.chat.cli:main",
                     "ask a checkpoint one question, optionally about a picture"),
     "serve": Command("labkit.chat.server:main",
                      "serve a checkpoint through an OpenAI-compatible HTTP API"),

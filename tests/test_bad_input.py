@@ -296,20 +296,20 @@ def test_evaluate_validates_the_file_before_loading_a_model(food_one, tmp_path, 
 # == unclear errors: the chat CLI, the server, the client =====================================
 def test_chat_cli_checks_question_and_picture_before_loading(tmp_path):
     missing = tmp_path / "no-model"  # were the model loaded first, this would be the error
-    empty = run_cli("labkit.chat.engines", missing, "   ")
+    empty = run_cli("labkit", "chat", missing, "   ")
     assert empty.returncode == 2 and "The question is empty" in empty.stderr, empty.stderr
     text = tmp_path / "notes.txt"
     text.write_text("not a picture", encoding="utf-8")
-    picture = run_cli("labkit.chat.engines", missing, "这是什么菜？", "--image", text)
+    picture = run_cli("labkit", "chat", missing, "这是什么菜？", "--image", text)
     assert picture.returncode == 2 and str(text) in picture.stderr and "not an image" in picture.stderr
-    folder = run_cli("labkit.chat.engines", missing, "这是什么菜？")
+    folder = run_cli("labkit", "chat", missing, "这是什么菜？")
     assert folder.returncode == 2 and f"{missing}: no such model folder" in folder.stderr
     assert "Traceback" not in empty.stderr + picture.stderr + folder.stderr
 
 
 def test_chat_cli_lmdeploy_template_on_a_missing_model_folder(tmp_path):
     out = tmp_path / "template.json"
-    done = run_cli("labkit.chat.engines", tmp_path / "no-model", "--lmdeploy-template", out)
+    done = run_cli("labkit", "chat", tmp_path / "no-model", "--lmdeploy-template", out)
     assert done.returncode == 2 and "no-model: no such model folder" in done.stderr
     assert "Traceback" not in done.stderr and not out.exists()
 
@@ -330,7 +330,7 @@ def test_server_on_a_port_in_use_says_which_before_loading(tmp_path):
 
 
 def test_a_base_url_without_http_is_called_malformed():
-    from labkit.chat.engines import ChatInputError, OpenAIEngine
+    from labkit.chat import ChatInputError, OpenAIEngine
 
     for url in ("127.0.0.1:23333/v1", "localhost:23333/v1", "http://:23333/v1", "http://host:port/v1"):
         with pytest.raises(ChatInputError, match=re.escape(repr(url)) + " is malformed"):
@@ -475,8 +475,8 @@ def test_chat_cli_with_lmdeploy_where_it_cannot_run(tmp_path):
 
     if importlib.util.find_spec("lmdeploy") is not None:
         pytest.skip("LMDeploy is installed here; this checks the message where it is not")
-    missing = run_cli("labkit.chat.engines", tmp_path / "no-model", "你好", "--backend", "lmdeploy")
+    missing = run_cli("labkit", "chat", tmp_path / "no-model", "你好", "--backend", "lmdeploy")
     assert missing.returncode == 2 and "no-model: no such model folder" in missing.stderr
-    absent = run_cli("labkit.chat.engines", base_model.ASSET_DIR, "你好", "--backend", "lmdeploy")
+    absent = run_cli("labkit", "chat", base_model.ASSET_DIR, "你好", "--backend", "lmdeploy")
     assert absent.returncode == 2 and "LMDeploy is not installed" in absent.stderr
     assert "Traceback" not in missing.stderr + absent.stderr

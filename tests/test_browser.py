@@ -91,10 +91,10 @@ def expected_answers(base_model_dir, food_picture):  # noqa: F811
     where the bad upload in between changes neither the picture nor the history. Also the
     number of streamed pieces of each answer, to know whether streaming can be seen.
     """
-    from labkit.chat.engines import Settings, TransformersEngine
+    from labkit.chat import Sampling, TransformersEngine
 
     engine = TransformersEngine(base_model_dir)  # what notebook 02 builds on a CPU
-    settings = Settings()  # the chat cell's sliders start at these values
+    settings = Sampling()  # the chat cell's sliders start at these values
     assert settings.greedy, "the comparison needs greedy decoding (temperature 0)"
     picture = food_picture.read_bytes()  # the bytes the browser uploads
     answers, pieces, history = [], [], []

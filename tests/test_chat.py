@@ -1,4 +1,4 @@
-"""labkit.chat.engines on the tiny course checkpoint: prompts, streaming, history, settings, bad input.
+"""labkit.chat on the tiny course checkpoint: prompts, streaming, history, settings, bad input.
 
 The tiny model has random weights, so its answers are gibberish; the tests check behaviour:
 what reaches the prompt, that streaming and whole answers agree, that settings reach the
@@ -13,26 +13,26 @@ import time
 import pytest
 from PIL import Image
 
-from fixtures_model import noise_image, tiny_checkpoint  # noqa: F401  (pytest fixture)
-from labkit.chat.engines import (
+from fixtures_model import noise_image, run_python, tiny_checkpoint  # noqa: F401  (pytest fixture)
+from labkit.chat import (
     IMG_CONTEXT,
     ChatInputError,
     ChatSession,
     LMDeployEngine,
-    Settings,
+    Sampling,
     TransformersEngine,
     abbreviate,
     clean_answer,
     lmdeploy_chat_template,
     make_engine,
-    main,
     render_prompt,
     trim_pieces,
 )
+from labkit.chat.cli import main
 from labkit.chat.demo import DemoHandlers
 from labkit.model.conversation import INTERNVL_SYSTEM, TEMPLATES, XTUNER_SYSTEM
 
-SHORT = Settings(max_new_tokens=12)
+SHORT = Sampling(max_new_tokens=12)
 WIDE = (192, 64)  # tiny tiling: a 3x1 grid + thumbnail = 4 tiles
 
 
@@ -47,6 +47,26 @@ def png_bytes(image):
     return buffer.getvalue()
 
 
+# -- the package -----------------------------------------------------------------------------
+
+
+def test_the_package_names_the_api_and_imports_torch_only_when_an_engine_is_asked_for():
+    script = (
+        "import sys\n"
+        "from labkit import chat\n"
+        "assert 'torch' not in sys.modules, 'import labkit.chat imported torch'\n"
+        "chat.Sampling(max_new_tokens=4); chat.read_image; chat.IMAGE_MARKER; chat.ChatInputError\n"
+        "assert 'torch' not in sys.modules, 'the inputs imported torch'\n"
+        "assert chat.make_engine.__module__ == 'labkit.chat.engine'\n"
+        "assert chat.ChatSession.__module__ == 'labkit.chat.session'\n"
+        "assert 'Settings' not in dir(chat) and not hasattr(chat, 'Settings')\n"
+        "print(sorted(chat.__all__))\n"
+    )
+    names = run_python(["-c", script]).stdout
+    for name in ("OpenAIEngine", "LMDeployEngine", "TransformersEngine", "IMG_CONTEXT", "render_prompt"):
+        assert f"'{name}'" in names
+
+
 # -- settings --------------------------------------------------------------------------------
 
 
@@ -55,25 +75,25 @@ def test_settings_validate_each_value_by_name():
                          ({"temperature": -0.1}, "temperature"), ({"temperature": float("nan")}, "temperature"),
                          ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"temperature": "hot"}, "temperature")]:
         with pytest.raises(ChatInputError, match=name):
-            Settings(**kwargs)
+            Sampling(**kwargs)
 
 
 def test_temperature_zero_is_greedy_and_above_samples():
-    assert Settings(temperature=0).hf_kwargs() == {"max_new_tokens": 256, "do_sample": False}
-    sampled = Settings(max_new_tokens=9, temperature=0.7, top_p=0.9).hf_kwargs()
+    assert Sampling(temperature=0).hf_kwargs() == {"max_new_tokens": 256, "do_sample": False}
+    sampled = Sampling(max_new_tokens=9, temperature=0.7, top_p=0.9).hf_kwargs()
     assert sampled["do_sample"] is True and sampled["temperature"] == 0.7 and sampled["top_p"] == 0.9
 
 
 def test_greedy_is_deterministic_and_sampling_reaches_the_model(engine):
     greedy = engine.ask("你好", settings=SHORT)
     assert engine.ask("你好", settings=SHORT) == greedy
-    sampled = {engine.ask("你好", settings=Settings(12, temperature=1.0, top_p=1.0)) for _ in range(4)}
+    sampled = {engine.ask("你好", settings=Sampling(12, temperature=1.0, top_p=1.0)) for _ in range(4)}
     assert sampled - {greedy}, "temperature 1.0 never changed the answer: sampling settings do not reach generate"
 
 
 def test_max_new_tokens_caps_the_answer(engine):
-    short = engine.ask("你好", settings=Settings(max_new_tokens=3))
-    longer = engine.ask("你好", settings=Settings(max_new_tokens=40))
+    short = engine.ask("你好", settings=Sampling(max_new_tokens=3))
+    longer = engine.ask("你好", settings=Sampling(max_new_tokens=40))
     assert short and len(short) < len(longer) and longer.startswith(short)
 
 
@@ -125,7 +145,7 @@ def test_another_template_can_be_chosen_by_name(tiny_checkpoint):  # noqa: F811
 @pytest.mark.parametrize("with_image", [False, True])
 def test_stream_pieces_join_to_the_whole_answer(engine, with_image):
     image = noise_image(*WIDE) if with_image else None
-    settings = Settings(max_new_tokens=40)
+    settings = Sampling(max_new_tokens=40)
     pieces = list(engine.stream("这是什么菜？", image, settings=settings))
     assert len(pieces) > 1
     assert "".join(pieces) == engine.ask("这是什么菜？", image, settings=settings)
@@ -137,7 +157,7 @@ def test_trim_pieces_clean_like_the_whole_answer():
 
 
 def test_closing_a_stream_stops_generation(engine):
-    stream = engine.stream("你好", settings=Settings(max_new_tokens=4000))
+    stream = engine.stream("你好", settings=Sampling(max_new_tokens=4000))
     next(stream)
     started = time.perf_counter()
     stream.close()
@@ -271,7 +291,7 @@ def test_demo_handlers_stream_keep_history_and_report_errors(engine):
     assert len(steps) > 2  # the answer arrives in steps
     chat, history, box, error, prompt = steps[-1]
     assert box == "" and error == "" and f"{IMG_CONTEXT}×64" in prompt
-    assert history == [("<image>\n这是什么菜？", engine.ask("这是什么菜？", image, settings=Settings(20)))]
+    assert history == [("<image>\n这是什么菜？", engine.ask("这是什么菜？", image, settings=Sampling(20)))]
     assert chat == [{"role": "user", "content": "这是什么菜？"}, {"role": "assistant", "content": history[0][1]}]
     chat2, history2, *_ = list(handlers.respond("它是哪里的？", image, history, 0.0, 0.8, 5))[-1]
     assert len(history2) == 2 and len(chat2) == 4
@@ -321,7 +341,7 @@ def test_lmdeploy_reads_the_same_prompt_as_transformers(tiny_checkpoint):  # noq
     pytest.importorskip("lmdeploy", reason="LMDeploy lives in its own environment (requirements/lmdeploy.txt)")
     from lmdeploy import GenerationConfig
 
-    from labkit.chat.engines import openai_messages, place_image, read_image
+    from labkit.chat import openai_messages, place_image, read_image
 
     reference = TransformersEngine(tiny_checkpoint, device="cuda")
     engine = make_engine(tiny_checkpoint, lmdeploy_backend="pytorch", engine_options={"eager_mode": True})

@@ -127,6 +127,41 @@ def test_chat_prompt_is_what_xtuner_trains_on(tiny_checkpoint, tiny_tokenizer, t
     assert rendered == tokenizer.bos_token + model.build_prompt(question)[0]
 
 
+
+@pytest.mark.parametrize("name", ["internlm2-chat-xtuner", "internlm2-chat"])
+def test_the_tokenizers_chat_template_renders_the_models_own_prompt(tiny_checkpoint, name):
+    """The Jinja template written from conversation.py renders what ``build_prompt`` renders.
+
+    A question after two turns (the first showing the picture), with the template's own system
+    prompt and with a ``system`` message in its place (quotes, a backslash and a newline included).
+    """
+    from labkit.checkpoints.tokenizer import jinja_chat_template
+    from labkit.model.conversation import get_conv_template
+
+    model, tokenizer = load_remote(tiny_checkpoint)
+    tokenizer.chat_template = jinja_chat_template(name)
+    model.template, model.system_message = name, get_conv_template(name).system_message
+    history = [("<image>\n图中的菜是什么？", "图中的菜是肠粉。"), ("它是哪里的？", "广东。")]
+    messages = [{"role": role, "content": text} for turn in history for role, text in zip(("user", "assistant"), turn)]
+    messages.append({"role": "user", "content": "怎么做？"})
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert rendered == tokenizer.bos_token + model.build_prompt("怎么做？", history)[0]
+    assert get_conv_template(name).system_message in rendered
+    model.system_message = "你是'美食'专家 (\\n)。\n"
+    system = [{"role": "system", "content": model.system_message}]
+    rendered = tokenizer.apply_chat_template(system + messages, tokenize=False)
+    assert rendered == tokenizer.bos_token + model.build_prompt("怎么做？", history)[0]
+
+
+def test_checkpoints_carry_the_chat_template_written_from_conversation_py(tiny_checkpoint):
+    """The CLI-written folder and the committed base model hold the generated template, no pasted copy."""
+    from labkit.checkpoints.tokenizer import jinja_chat_template
+    from labkit.course.base_model import ASSET_DIR
+
+    for folder in (tiny_checkpoint, ASSET_DIR):
+        assert (folder / "chat_template.jinja").read_text(encoding="utf-8") == jinja_chat_template(), folder
+
+
 # --- KV cache, batching, training forward ----------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from opengvlab_like_folder import (  # noqa: F401  (pytest fixture)
 )
 
 from labkit.checkpoints import remote_code
-from labkit.chat.engines import (ChatInputError, Settings, TransformersEngine, clean_answer, lmdeploy_chat_template,
+from labkit.chat import (ChatInputError, Sampling, TransformersEngine, clean_answer, lmdeploy_chat_template,
                          render_prompt, resolve_template)
 from labkit.checkpoints.folder import CheckpointError, check_model_folder, load_checkpoint
 from labkit.checkpoints.remote_code import FolderTemplates, RemoteCodeError, adapt_for_generation, missing_packages
@@ -204,7 +204,7 @@ def test_the_engine_prompts_and_answers_exactly_as_the_folders_own_chat(engine, 
     prompt = engine.prompt(QUESTION, picture, full=True)
     assert prompt.startswith(f"<|im_start|>system\n{FIXTURE_SYSTEM_MESSAGE}<|im_end|>")
     pixels = engine.tiling.load(str(picture), max_pixels=None)
-    settings = Settings(max_new_tokens=8)
+    settings = Sampling(max_new_tokens=8)
     own = clean_answer(model.chat(tokenizer, pixels, QUESTION, settings.hf_kwargs()))  # as engines trim it
     assert engine.ask(QUESTION, picture, settings=settings) == own
     assert "".join(engine.stream(QUESTION, picture, settings=settings)) == own
@@ -222,22 +222,22 @@ def test_lmdeploy_template_fields_reproduce_the_folders_prompt(opengvlab_like_ch
 
 
 def test_the_chat_cli_answers_with_the_folders_code(opengvlab_like_checkpoint, picture, engine, tmp_path):  # noqa: F811
-    done = run_python(["-m", "labkit.chat.engines", opengvlab_like_checkpoint, QUESTION, "--image", picture,
+    done = run_python(["-m", "labkit", "chat", opengvlab_like_checkpoint, QUESTION, "--image", picture,
                        "--max-new-tokens", "8", "--backend", "transformers"])
-    assert done.stdout.strip().splitlines()[-1] == engine.ask(QUESTION, picture, settings=Settings(max_new_tokens=8))
+    assert done.stdout.strip().splitlines()[-1] == engine.ask(QUESTION, picture, settings=Sampling(max_new_tokens=8))
     out = tmp_path / "template.json"
-    run_python(["-m", "labkit.chat.engines", opengvlab_like_checkpoint, "--lmdeploy-template", out])
+    run_python(["-m", "labkit", "chat", opengvlab_like_checkpoint, "--lmdeploy-template", out])
     assert json.loads(out.read_text(encoding="utf-8"))["meta_instruction"] == FIXTURE_SYSTEM_MESSAGE
 
 
 def test_the_server_answers_as_the_local_engine(opengvlab_like_checkpoint, engine, picture):  # noqa: F811
     from test_server import serve
 
-    from labkit.chat.engines import OpenAIEngine
+    from labkit.chat import OpenAIEngine
 
     with serve(opengvlab_like_checkpoint) as url:
         client = OpenAIEngine(url, timeout=120)
-        settings = Settings(max_new_tokens=8)
+        settings = Sampling(max_new_tokens=8)
         assert client.ask(QUESTION, picture, settings=settings) == engine.ask(QUESTION, picture, settings=settings)
 
 
@@ -247,7 +247,7 @@ def test_the_demo_handlers_chat_with_the_folder(engine, picture):
     handlers = DemoHandlers(engine)
     chat, history, box, error, prompt = list(handlers.respond(QUESTION, str(picture), [], 0.0, 0.8, 8, True))[-1]
     assert error == "" and FIXTURE_SYSTEM_MESSAGE in prompt
-    assert history[0][1] == engine.ask(QUESTION, picture, settings=Settings(max_new_tokens=8))
+    assert history[0][1] == engine.ask(QUESTION, picture, settings=Sampling(max_new_tokens=8))
 
 
 def test_the_web_demo_serves_the_folder(engine):

@@ -20,10 +20,10 @@ import urllib.request
 import pytest
 
 from fixtures_model import REPO_ROOT, noise_image, tiny_checkpoint  # noqa: F401  (pytest fixture)
-from labkit.chat.engines import ChatInputError, OpenAIEngine, Settings, TransformersEngine
+from labkit.chat import ChatInputError, OpenAIEngine, Sampling, TransformersEngine
 
 START_TIMEOUT_S = 180
-SHORT = Settings(max_new_tokens=16)
+SHORT = Sampling(max_new_tokens=16)
 
 
 @contextlib.contextmanager
@@ -105,7 +105,7 @@ def test_image_as_data_url_gives_the_same_answer_as_locally(client, local):
 
 
 def test_streaming_pieces_join_to_the_answer(client, local):
-    settings = Settings(max_new_tokens=40)
+    settings = Sampling(max_new_tokens=40)
     pieces = list(client.stream("这是什么菜？", noise_image(128, 64), settings=settings))
     assert len(pieces) > 1
     assert "".join(pieces) == local.ask("这是什么菜？", noise_image(128, 64), settings=settings)

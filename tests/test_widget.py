@@ -11,7 +11,7 @@ import io
 import pytest
 
 from fixtures_model import noise_image, tiny_checkpoint  # noqa: F401  (pytest fixture)
-from labkit.chat.engines import ChatEngine, Settings, TransformersEngine
+from labkit.chat import ChatEngine, Sampling, TransformersEngine
 from labkit.chat.widget import ChatCell
 
 CSS = {
@@ -31,7 +31,7 @@ def engine(tiny_checkpoint):  # noqa: F811
 
 @pytest.fixture
 def cell(engine):
-    return ChatCell(engine, Settings(max_new_tokens=12))
+    return ChatCell(engine, Sampling(max_new_tokens=12))
 
 
 def upload(cell, data, name="dish.png", mime="image/png"):
@@ -71,7 +71,7 @@ def test_send_streams_the_reply_fills_history_and_clears_the_input(cell, engine)
     updates = []
     cell.reply.observe(lambda change: updates.append(change["new"]), names="value")
     send(cell, "这是什么菜？")
-    expected = engine.ask("这是什么菜？", image, settings=Settings(max_new_tokens=12))
+    expected = engine.ask("这是什么菜？", image, settings=Sampling(max_new_tokens=12))
     assert len(updates) > 2  # the reply area changed while the answer was being written
     assert html.escape(expected) in cell.reply.value and "▌" not in cell.reply.value
     assert cell.input.value == ""
@@ -90,7 +90,7 @@ def test_sliders_and_prompt_view_reach_the_engine(cell):
     cell.show_prompt.value = True
     upload(cell, png(noise_image(192, 64)))
     send(cell, "这是什么菜？")
-    assert cell.session.settings == Settings(max_new_tokens=5, temperature=0.7, top_p=0.9)
+    assert cell.session.settings == Sampling(max_new_tokens=5, temperature=0.7, top_p=0.9)
     assert "&lt;IMG_CONTEXT&gt;×64" in cell.prompt_view.value
     assert "这是什么菜？&lt;|im_end|&gt;" in cell.prompt_view.value
 
@@ -118,7 +118,7 @@ def test_bad_uploads_show_an_error_and_the_cell_stays_usable(cell, engine):
     # the earlier good picture is still the one in use, and sending works
     send(cell, "这是什么菜？")
     assert cell.error.value == ""
-    assert cell.session.history[0][1] == engine.ask("这是什么菜？", good, settings=Settings(max_new_tokens=12))
+    assert cell.session.history[0][1] == engine.ask("这是什么菜？", good, settings=Sampling(max_new_tokens=12))
 
 
 def test_new_picture_starts_a_new_conversation(cell):

@@ -5,7 +5,7 @@
     pip install -r requirements/demo.txt        # gradio is optional: the notebooks do not need it
     labkit demo models/tiny            # then open http://127.0.0.1:7860
 
-The page uses the same engines as the notebooks (:func:`labkit.chat.engines.make_engine` picks LMDeploy
+The page uses the same engines as the notebooks (:func:`labkit.chat.engine.make_engine` picks LMDeploy
 on a GPU that has it, transformers otherwise) and the same template, so the answers match the
 chat cell's. It listens on 127.0.0.1 only, unless you pass ``--host``.
 
@@ -20,7 +20,7 @@ import html
 import os
 import sys
 
-from labkit.chat.engines import ChatInputError, Settings, check_question, display_question, place_image
+from labkit.chat.inputs import ChatInputError, Sampling, check_question, display_question, place_image
 
 
 def _import_gradio():
@@ -55,7 +55,7 @@ class DemoHandlers:
         history = list(history or [])
         try:
             placed = place_image(check_question(question), image is not None, history)
-            settings = Settings(int(max_tokens), float(temperature), float(top_p))
+            settings = Sampling(int(max_tokens), float(temperature), float(top_p))
             prompt = self.engine.prompt(question, image, history) if show_prompt else ""
             pieces = self.engine.stream(question, image, history, settings)
         except ChatInputError as err:
@@ -124,7 +124,7 @@ def main(argv=None):
     parser.add_argument("--template", help="chat template (default: the model's config)")
     args = parser.parse_args(argv)
     _import_gradio()  # fail fast, before loading the model
-    from labkit.chat.engines import make_engine
+    from labkit.chat.engine import make_engine
 
     kwargs = {"template": args.template} if args.template else {}
     engine = make_engine(args.model_dir, args.backend, **kwargs)

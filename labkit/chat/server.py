@@ -2,8 +2,8 @@
 
 On a GPU, ``lmdeploy serve api_server MODEL_DIR --trust-remote-code --server-port 23333`` serves
 a checkpoint through the OpenAI chat API. LMDeploy cannot run on a CPU, so this module serves
-the same API with labkit's :class:`~labkit.chat.engines.TransformersEngine`; every OpenAI client
-(:class:`~labkit.chat.engines.OpenAIEngine`, ``curl``, the ``openai`` package) then works the same way
+the same API with labkit's :class:`~labkit.chat.transformers_engine.TransformersEngine`; every OpenAI client
+(:class:`~labkit.chat.openai_engine.OpenAIEngine`, ``curl``, the ``openai`` package) then works the same way
 against either server::
 
     labkit serve models/tiny --port 23333
@@ -27,7 +27,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from labkit.chat.engines import IMAGE_MARKER, ChatInputError, Settings
+from labkit.chat.inputs import IMAGE_MARKER, ChatInputError, Sampling
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # a request larger than this is refused (pictures included)
 MAX_MESSAGES = 200
@@ -120,10 +120,10 @@ def parse_messages(messages):
     return system, turns[-1][1], image, history
 
 
-def parse_settings(body) -> Settings:
-    defaults = Settings()
+def parse_settings(body) -> Sampling:
+    defaults = Sampling()
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    return Settings(
+    return Sampling(
         max_new_tokens=defaults.max_new_tokens if max_tokens is None else max_tokens,
         temperature=body.get("temperature", defaults.temperature),
         top_p=body.get("top_p", defaults.top_p),
@@ -299,7 +299,8 @@ def main(argv=None):
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port}: a port is a number from 0 to 65535 (0: any free port).")
 
-    from labkit.chat.engines import TransformersEngine, resolve_template
+    from labkit.chat.prompt import resolve_template
+    from labkit.chat.transformers_engine import TransformersEngine
     from labkit.checkpoints.folder import CheckpointError, check_model_folder
 
     # The cheap checks first, so a mistake costs no model load: the folder, the template, the port.

@@ -2,11 +2,11 @@
 
 ::
 
-    from labkit.chat.engines import make_engine
+    from labkit.chat import make_engine
     from labkit.chat.widget import ChatCell
     ChatCell(make_engine("models/tiny"))
 
-The cell is an ipywidgets ``VBox`` driving one :class:`labkit.chat.engines.ChatSession`. Its buttons
+The cell is an ipywidgets ``VBox`` driving one :class:`labkit.chat.session.ChatSession`. Its buttons
 call plain methods (:meth:`ChatCell.on_upload`, :meth:`ChatCell.on_send`,
 :meth:`ChatCell.on_clear`), so a test can set values and call them without a browser. Every
 failure lands in the red error area; the callbacks never raise, so the cell stays usable.
@@ -26,7 +26,8 @@ import time
 
 import ipywidgets as widgets
 
-from labkit.chat.engines import ChatInputError, ChatSession, Settings, check_question, display_question
+from labkit.chat.inputs import ChatInputError, Sampling, check_question, display_question
+from labkit.chat.session import ChatSession
 
 PREVIEW_PIXELS = 256  # the preview is a small PNG copy of the picture the model will see
 
@@ -53,8 +54,8 @@ def _uploaded_file(value):
 class ChatCell(widgets.VBox):
     """A chat with one engine in one notebook cell."""
 
-    def __init__(self, engine, settings: Settings | None = None, title: str | None = None):
-        settings = settings or Settings()
+    def __init__(self, engine, settings: Sampling | None = None, title: str | None = None):
+        settings = settings or Sampling()
         self.session = ChatSession(engine, settings)
         self.last_exception = None  # the last unexpected error, kept for a closer look
 
@@ -113,8 +114,8 @@ class ChatCell(widgets.VBox):
     def _show_history(self):
         self.history_view.value = "".join(_turn_html(q, a) for q, a in self.session.history)
 
-    def _settings(self) -> Settings:
-        return Settings(int(self.max_tokens.value), float(self.temperature.value), float(self.top_p.value))
+    def _settings(self) -> Sampling:
+        return Sampling(int(self.max_tokens.value), float(self.temperature.value), float(self.top_p.value))
 
     # -- the callbacks --------------------------------------------------------------------
     def on_upload(self, change=None):

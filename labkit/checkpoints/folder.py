@@ -25,7 +25,8 @@ import torch
 
 from labkit import fileio
 from labkit import model as model_code
-from labkit.checkpoints.remote_code import RemoteCodeError, adapt_for_generation, check_imports, quiet_generation_warning
+from labkit.checkpoints.remote_code import (LABKIT_TEMPLATE, RemoteCodeError, adapt_for_generation, check_imports,
+                                           quiet_generation_warning)
 from labkit.checkpoints.tokenizer import course_texts, missing_tokens, train_tokenizer
 from labkit.fileio import PACKAGE_DIR
 
@@ -35,7 +36,6 @@ AUTO_MAP = {
     "AutoModel": "modeling_internvl_chat.InternVLChatModel",
     "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel",
 }
-LABKIT_TEMPLATE = "internlm2-chat-xtuner"
 TINY_VOCAB = 1200
 
 

@@ -8,7 +8,8 @@ code, so three things live here:
 * :func:`missing_packages`: the packages a folder's code imports that this environment lacks
   (OpenGVLab's ``modeling_intern_vit.py`` imports ``timm``), found before anything loads.
 * :class:`FolderTemplates`: the chat templates of the folder's own ``conversation.py``, which
-  its ``chat()`` uses too, so labkit's engines build the same prompt the folder's code would.
+  its ``chat()`` uses too; ``render`` is labkit's one prompt builder, so labkit's engines build
+  the same prompt the folder's code would.
 * :func:`adapt_for_generation`: the load-time compatibility layer. OpenGVLab's
   ``InternLM2ForCausalLM`` derives from ``PreTrainedModel`` alone and reads the legacy tuple
   KV cache. Since transformers 4.50 ``PreTrainedModel`` no longer brings ``GenerationMixin``,
@@ -35,6 +36,7 @@ from pathlib import Path
 
 CHECKED_TRANSFORMERS = "4.57.6"
 SERVED_TRANSFORMERS = ("4.37", "5")  # the layer runs for versions in [first, second)
+LABKIT_TEMPLATE = "internlm2-chat-xtuner"  # the template labkit's folders name in config.json (XTuner's layout)
 
 # Import names whose pip package has another name.
 PIP_NAMES = {"cv2": "opencv-python-headless", "PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn"}
@@ -150,6 +152,24 @@ class FolderTemplates:
             return self.module.get_conv_template(name)
         except KeyError:
             raise KeyError(f"Unknown chat template {name!r} in {self.source}; it knows: {', '.join(self.names())}.") from None
+
+    def render(self, name, question, history=(), system=None):
+        """The conversation as template ``name`` writes it, ending where the assistant's answer begins.
+
+        The steps of InternVL2's own ``chat()``: each ``(question, answer)`` turn of ``history``,
+        then ``question`` and an open answer. ``system`` replaces the template's system prompt.
+        Markers such as ``<image>`` stay as they are (the caller puts the image tokens there).
+        """
+        conv = self.get(name)
+        if system is not None:
+            conv.system_message = system
+        user, assistant = conv.roles
+        for old_question, old_answer in history:
+            conv.append_message(user, old_question)
+            conv.append_message(assistant, old_answer)
+        conv.append_message(user, question)
+        conv.append_message(assistant, None)
+        return conv.get_prompt()
 
     def __contains__(self, name):
         return name in self.names()

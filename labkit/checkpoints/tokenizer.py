@@ -11,6 +11,8 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from labkit.checkpoints.remote_code import LABKIT_TEMPLATE
+
 BASE_SPECIALS = ["<unk>", "<s>", "</s>"]  # ids 0, 1, 2 as in InternLM2
 CHAT_SPECIALS = [
     "<|im_start|>", "<|im_end|>",
@@ -20,16 +22,50 @@ CHAT_SPECIALS = [
 CJK_CHAR = r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]"
 REQUIRED_TOKENS = ("<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>")
 
-# The layout XTuner trains with (see labkit/model/conversation.py); LMDeploy reads it from here.
-CHAT_TEMPLATE = (
-    "{% set sys = 'You are an AI assistant whose name is InternLM (书生·浦语).' %}"
-    "{% for m in messages %}{% if m['role'] == 'system' %}{% set sys = m['content'] %}{% endif %}{% endfor %}"
-    "{{ bos_token }}<|im_start|>system\n{{ sys }}<|im_end|>"
-    "{% for m in messages %}"
-    "{% if m['role'] == 'user' %}<|im_start|>user\n{{ m['content'] }}<|im_end|><|im_start|>assistant\n"
-    "{% elif m['role'] == 'assistant' %}{{ m['content'] }}<|im_end|>{% endif %}"
-    "{% endfor %}"
-)
+def jinja_chat_template(name=LABKIT_TEMPLATE):
+    """Template ``name`` of labkit/model/conversation.py as a tokenizer's Jinja ``chat_template``.
+
+    transformers' ``apply_chat_template`` (and LMDeploy, when no other template is given) read
+    this. It is written from the template's own parts, so it renders exactly what the model's
+    ``build_prompt`` renders, after ``bos_token``: the system turn (a ``system`` message replaces
+    the template's system prompt), each question with the assistant's turn opened, each answer
+    closed. Every piece of text is a quoted Jinja string, so transformers' ``trim_blocks`` never
+    eats a newline.
+    """
+    from labkit.model.conversation import get_conv_template
+
+    conv = get_conv_template(name)
+    system_open, system_close = _around(conv.system_template, "{system}", name)
+    user_open, user_close = _around(conv.user_template, "{query}", name)
+    answer_open, answer_close = _around(conv.answer_template, "{answer}", name)
+
+    def write(before, variable, after):  # one output expression: text + a variable + text
+        parts = ([_quote(before)] if before else []) + [variable] + ([_quote(after)] if after else [])
+        return "{{ " + " + ".join(parts) + " }}"
+
+    return (
+        "{% set ns = namespace(system=" + _quote(conv.system_message) + ") %}"
+        "{% for m in messages %}{% if m['role'] == 'system' %}{% set ns.system = m['content'] %}{% endif %}{% endfor %}"
+        "{{ bos_token }}"
+        "{% if ns.system %}" + write(system_open, "ns.system", system_close) + "{% endif %}"
+        "{% for m in messages %}"
+        "{% if m['role'] == 'user' %}" + write(user_open, "m['content']", user_close) +
+        "{% elif m['role'] == 'assistant' %}" + write(answer_open, "m['content']", answer_close) +
+        "{% endif %}{% endfor %}"
+    )
+
+
+def _around(text, placeholder, name):
+    """The text before and after ``placeholder``, which a template part must hold exactly once."""
+    before, found, after = text.partition(placeholder)
+    if not found or placeholder in after:
+        raise ValueError(f"Template {name!r}: {text!r} should hold {placeholder} exactly once.")
+    return before, after
+
+
+def _quote(text):
+    """``text`` as a Jinja string literal (Jinja reads Python's backslash escapes)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 
 
 def train_tokenizer(texts, vocab_size=1200):
@@ -67,7 +103,7 @@ def train_tokenizer(texts, vocab_size=1200):
         clean_up_tokenization_spaces=False,
         model_input_names=["input_ids", "attention_mask"],  # as InternLM2's: no token_type_ids for generate()
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = jinja_chat_template()
     return tokenizer
 
 

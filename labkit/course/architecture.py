@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from labkit.checkpoints.folder import INTERNVL2_2B_CONFIG, build_model
-from labkit.chat.engines import IMG_CONTEXT, render_prompt
+from labkit.chat.prompt import IMG_CONTEXT, render_prompt
 from labkit.model.modeling_internvl_chat import pixel_shuffle
 from labkit.checkpoints.remote_code import FolderTemplates
 from labkit.tiling import tiling_from_config
