@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit.data import build as data, dishes
+from labkit.data import answers, build as data, dishes
 from labkit.data.validate import validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,8 +89,8 @@ def test_answers_name_the_pictured_dish_in_the_sentence_form(built):
         human, gpt = record["conversations"]
         assert human["value"].startswith("<image>\n") and human["value"].count("<image>") == 1
         dish = dishes.get_dish(record["id"].split("-")[2])
-        assert data.expected_form(gpt["value"]) and data.answer_dish(gpt["value"]) == dish.name
-        letter = data.answer_choice(gpt["value"])
+        assert answers.expected_form(gpt["value"]) and answers.answer_dish(gpt["value"]) == dish.name
+        letter = answers.answer_choice(gpt["value"])
         if data.CHOICE_QUESTION in human["value"]:
             kinds.add("choice")
             assert f"{letter}. {dish.name}" in human["value"]
@@ -178,7 +178,7 @@ def test_bad_sizes_are_explained():
     (None, None),
 ])
 def test_answer_dish(text, dish):
-    assert data.answer_dish(text) == dish
+    assert answers.answer_dish(text) == dish
 
 
 @pytest.mark.parametrize("text, ok", [
@@ -187,7 +187,7 @@ def test_answer_dish(text, dish):
     ("图中的菜是肠粉。很好吃。", False), ("", False),
 ])
 def test_expected_form(text, ok):
-    assert data.expected_form(text) is ok
+    assert answers.expected_form(text) is ok
 
 
 def test_load_samples_reads_back_what_was_written(built):

@@ -35,7 +35,6 @@ import argparse
 import copy
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -45,7 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from labkit import fileio
-from labkit.data.dishes import ANSWER_PREFIX, CHOICE_QUESTION, DISHES, OPEN_QUESTIONS, dish_names
+from labkit.data.answers import OPTION_LETTERS, answer_dish, answer_sentence
+from labkit.data.dishes import CHOICE_QUESTION, DISHES, OPEN_QUESTIONS
 from labkit.data.paint import render_dish, save_jpeg, stable_seed
 from labkit.data.validate import IMAGE_TAG, read_annotations, validate
 
@@ -61,17 +61,10 @@ DEFAULT_SIZES = {
 HELD_BACK_TRAIN_FACTOR = 2
 MC_FRACTION = 0.3  # share of multiple-choice questions; the rest are open questions
 
-OPTION_LETTERS = "ABCD"
 IMAGE_FOLDER = "images"
 
 
-# ----------------------------------------------------------------------------- sentences
-
-
-def answer_sentence(name: str, letter: str | None = None) -> str:
-    """The one answer form: "图中的菜是肠粉。", or "B，图中的菜是肠粉。" for a multiple choice."""
-    sentence = f"{ANSWER_PREFIX}{name}。"
-    return sentence if letter is None else f"{letter}，{sentence}"
+# ----------------------------------------------------------------------------- questions and records
 
 
 def choice_question(options: list[str]) -> str:
@@ -107,47 +100,7 @@ def make_record(record_id: str, image: str, size: tuple[int, int], question: str
     }
 
 
-# ----------------------------------------------------------------------------- reading answers
-
-
-def _name_pattern() -> re.Pattern:
-    """Dish names, longest first, so that 叉烧包 is found before 叉烧."""
-    names = sorted(dish_names(), key=len, reverse=True)
-    return re.compile("|".join(re.escape(name) for name in names))
-
-
-_NAMES = _name_pattern()
-_FORM = re.compile(rf"^(?:[{OPTION_LETTERS}]，)?{ANSWER_PREFIX}([^，。,.\s]+)。$")
-
-
-def answer_dish(text: str) -> str | None:
-    """The dish a model's answer names, or None when it names none or several different ones.
-
-    "B，图中的菜是肠粉。" -> "肠粉"; "这是叉烧包" -> "叉烧包" (not 叉烧); "我不知道" -> None.
-    When the answer uses the sentence form, the name right after "图中的菜是" wins.
-    """
-    if not isinstance(text, str):
-        return None
-    at = text.find(ANSWER_PREFIX)
-    if at >= 0:
-        found = _NAMES.match(text, at + len(ANSWER_PREFIX))
-        if found:
-            return found.group(0)
-    named = set(_NAMES.findall(text))
-    return named.pop() if len(named) == 1 else None
-
-
-def answer_choice(text: str) -> str | None:
-    """The option letter a multiple-choice answer starts with ("B，图中的菜是肠粉。" -> "B")."""
-    if not isinstance(text, str):
-        return None
-    found = re.match(r"^\s*[（(]?([A-H])(?:[）)]|[，,.。:：\s]|$)", text)
-    return found.group(1) if found else None
-
-
-def expected_form(text: str) -> bool:
-    """True when `text` is exactly "图中的菜是<名>。", optionally led by "A，" ... "D，"."""
-    return isinstance(text, str) and _FORM.match(text.strip()) is not None
+# ----------------------------------------------------------------------------- reading records
 
 
 @dataclass(frozen=True)
