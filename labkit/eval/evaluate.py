@@ -1,7 +1,7 @@
 """Ask a model about every picture of a test split and score the answers.
 
     from labkit.eval.evaluate import evaluate
-    report = evaluate("runs/food-merged", "runs/data/food/test.json", "runs/data/images")
+    report = evaluate("runs/food-merged", "data/food/test.json", "data/images")
     print(report.table())
     report.accuracy("held_back")      # share of held-back dishes (肠粉 ...) named correctly
 
