@@ -34,8 +34,8 @@ weights_dtype = "float32"  # bfloat16 (how XTuner loads) | float32 (needs labkit
 gradient_checkpointing = True  # recompute activations in the backward pass: far less memory, about a third more compute
 
 # Data
-data_paths = ("runs/data/food/train.json",)  # annotation file(s): JSON list or JSONL
-image_folder = "runs/data/images"  # folder the annotations' image paths are relative to
+data_paths = ("data/food/train.json",)  # annotation file(s): JSON list or JSONL
+image_folder = "data/images"  # folder the annotations' image paths are relative to
 prompt_template = PROMPT_TEMPLATE.internlm2_chat  # prompt template name in xtuner.utils.PROMPT_TEMPLATE
 system_prompt = "auto"  # auto = the model folder's own template's system prompt (labkit's folders: XTuner's); None = XTuner's
 max_length = 2048  # longest token sequence; longer samples are cut

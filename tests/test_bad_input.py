@@ -382,7 +382,7 @@ def test_a_config_json_that_is_not_an_object_is_named(tmp_path, text):
     config = tmp_path / "config.json"
     config.write_text(text, encoding="utf-8")
     done = run_cli("labkit", "checkpoint", "--config", config, tmp_path / "out")
-    assert done.returncode == 2 and f"{config}: holds a JSON" in done.stderr and "not an object" in done.stderr
+    assert done.returncode == 2 and f"{config} holds a JSON" in done.stderr and "not an object" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match=re.escape(str(config)) + " holds a JSON .*not an object"):
         plan.estimate(config)

@@ -53,7 +53,7 @@ def tiny_config(vocab_size=TINY_VOCAB):
     64 px tiles of 8 px patches give an 8x8 grid; pixel shuffle folds it to 4x4 = 16 image
     tokens per tile (InternVL2-2B: 448/14 = 32x32 -> 256). Up to 6 tiles + a thumbnail.
     """
-    config = json.loads(INTERNVL2_2B_CONFIG.read_text(encoding="utf-8"))
+    config = fileio.read_config(INTERNVL2_2B_CONFIG)
     config.update(force_image_size=64, max_dynamic_patch=6, template=LABKIT_TEMPLATE)
     config["vision_config"].update(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
@@ -67,23 +67,12 @@ def tiny_config(vocab_size=TINY_VOCAB):
 
 
 def load_config(path):
-    """A JSON object (config.json, an index, tokenizer_config.json); CheckpointError naming the file otherwise."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder; pass the config.json file (or the model folder where one is "
-                              "expected).")
+    """A JSON object (config.json, an index, tokenizer_config.json) read by `labkit.fileio.read_config`;
+    CheckpointError naming the file otherwise."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: config file not found.") from None
-    except UnicodeDecodeError as err:
-        raise CheckpointError(f"{path}: not UTF-8 text ({err}); restore the file or rebuild the checkpoint.") from None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err}); restore the file or rebuild the checkpoint.") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: holds a JSON {fileio.json_kind(config)}, not an object of settings "
-                              "({\"key\": value, ...}); restore the file or rebuild the checkpoint.")
-    return config
+        return fileio.read_config(path)
+    except fileio.ConfigError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def build_model(config, seed=0, dtype=torch.float32, device="cpu"):
@@ -171,7 +160,7 @@ def finish_folder(folder, tokenizer, dtype=None, base=None):
     at the top level and in both nested configs.
     """
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config = fileio.read_config(folder)
     config["architectures"] = ["InternVLChatModel"]
     if base is not None:
         base = Path(base)

@@ -7,11 +7,11 @@ the model's public parts (``vision_model``, ``mlp1``, ``language_model``, ``temp
 prompt comes from the model's own template module, and the image tokens are checked against
 the model's own ``extract_feature``.
 """
-import json
 from dataclasses import dataclass
 
 import torch
 
+from labkit import fileio
 from labkit.checkpoints.folder import INTERNVL2_2B_CONFIG, build_model
 from labkit.chat.prompt import IMG_CONTEXT, render_prompt
 from labkit.model.modeling_internvl_chat import pixel_shuffle
@@ -97,7 +97,7 @@ def format_table(rows):
 
 def full_size_model(config_path=INTERNVL2_2B_CONFIG):
     """InternVL2-2B's real architecture on the meta device: shapes and counts, no memory."""
-    config = json.loads(open(config_path, encoding="utf-8").read())
+    config = fileio.read_config(config_path)
     return build_model(config, device="meta")
 
 

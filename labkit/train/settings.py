@@ -69,8 +69,8 @@ class Settings:
     gradient_checkpointing: bool = _knob(
         True, "recompute activations in the backward pass: far less memory, about a third more compute")
     # -- data -----------------------------------------------------------------------------
-    data_paths: tuple[str, ...] = _knob(("runs/data/food/train.json",), "annotation file(s): JSON list or JSONL")
-    image_folder: str = _knob("runs/data/images", "folder the annotations' image paths are relative to")
+    data_paths: tuple[str, ...] = _knob(("data/food/train.json",), "annotation file(s): JSON list or JSONL")
+    image_folder: str = _knob("data/images", "folder the annotations' image paths are relative to")
     template: str = _knob("internlm2_chat", "prompt template name in xtuner.utils.PROMPT_TEMPLATE")
     system_prompt: typing.Optional[str] = _knob(
         "auto", "auto = the model folder's own template's system prompt (labkit's folders: XTuner's); None = XTuner's")
@@ -335,7 +335,7 @@ def tiny_pretrain_cpu() -> Settings:
         model_path="runs/cache/tiny-random",
         method="full", freeze_llm=False, freeze_visual_encoder=False,
         lean_logits=True, weights_dtype="float32",
-        data_paths=("runs/data/general/train.json",), image_folder="runs/data/images",
+        data_paths=("data/general/train.json",), image_folder="data/images",
         max_length=2048, batch_size=8, accumulative_counts=1, dataloader_num_workers=0,
         max_epochs=14, lr=1e-3, weight_decay=0.0, warmup_ratio=0.03,
         save_steps=100000, save_total_limit=1, log_interval=1,
