@@ -87,7 +87,11 @@ class BoundExercise:
         return self.exercise.id
 
     def check(self, answer=____):
-        """Print ✓ or what is wrong (plus the hint); record the result; never raise."""
+        """Print ✓ or what is wrong (plus the hint) and record the result; never raise.
+
+        Returns None, so a notebook cell shows only the printed verdict; the result is in
+        ``exercises.json`` (:func:`read_results`).
+        """
         if isinstance(answer, _Blank):
             verdict, status = wrong("还没做 not done yet：把 ____ 换成你的答案，再运行这一格。"), "not done"
         else:
@@ -108,7 +112,6 @@ class BoundExercise:
             record(self.workspace, self.id, verdict.passed, status, verdict.message)
         except OSError as err:  # a read-only run folder must not stop the notebook either
             print(f"(could not record the result in {RESULTS_FILE}: {err})")
-        return verdict.passed
 
     def hint(self):
         print(f"提示 hint：{self.exercise.hint}")
