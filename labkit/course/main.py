@@ -6,6 +6,9 @@
    refused before any notebook runs),
 2. execute notebooks 01-05 in order with papermill, each with the run, cache and data folders
    among its parameters (a notebook gets only the parameters its ``parameters`` cell declares),
+   with the exercises' reference solutions filled in (``labkit.course.exercises.solve_notebook``;
+   ``--no-solutions`` runs the student copies as committed), and stop at the first notebook
+   whose exercise checks did not all pass,
 3. keep the executed copies under ``RUN/notebooks/`` and write ``RUN/report.md`` + ``report.html``.
 """
 import argparse
@@ -31,9 +34,17 @@ def new_run_dir(root=REPO_ROOT / "runs"):
     return Path(root) / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+class ExerciseCheckError(RuntimeError):
+    """A notebook run with the reference solutions had an exercise check that did not pass."""
+
+
 def run_course(run_dir=None, cache_dir=DEFAULT_CACHE, notebooks=NOTEBOOKS, parameters=None, progress=True,
-               data_dir=DEFAULT_DATA):
-    """Execute the notebooks in order into ``run_dir``; return the report path."""
+               data_dir=DEFAULT_DATA, solutions=True):
+    """Execute the notebooks in order into ``run_dir``; return the report path.
+
+    ``solutions``: run each notebook with its exercise cells replaced by the reference solutions
+    and raise :class:`ExerciseCheckError` unless every check passed; False runs them as committed.
+    """
     from labkit import fileio
     run_dir = fileio.check_folder_target(Path(run_dir or new_run_dir()), "run folder (--run-dir)")
     fileio.check_folder_target(Path(cache_dir), "cache folder (--cache-dir)")
@@ -42,6 +53,7 @@ def run_course(run_dir=None, cache_dir=DEFAULT_CACHE, notebooks=NOTEBOOKS, param
         raise FileExistsError(f"{run_dir} already holds a run; choose a new --run-dir (nothing was changed).")
     import papermill
 
+    from labkit.course import exercises
     from labkit.course.report import write_report
     from labkit.data.build import course_data
 
@@ -55,19 +67,33 @@ def run_course(run_dir=None, cache_dir=DEFAULT_CACHE, notebooks=NOTEBOOKS, param
     params = {"run_dir": str(run_dir.resolve()), "cache_dir": str(Path(cache_dir).resolve()),
               "data_dir": str(data_dir.resolve()), "device": "cpu"}
     params.update(parameters or {})
-    record = {"started": datetime.now().isoformat(timespec="seconds"), "notebooks": [], "parameters": params}
+    record = {"started": datetime.now().isoformat(timespec="seconds"), "notebooks": [], "parameters": params,
+              "solutions": solutions}
     start = time.perf_counter()
     for name in notebooks:
         t0 = time.perf_counter()
         print(f"[labkit] running {name} ...", flush=True)
-        papermill.execute_notebook(
-            str(REPO_ROOT / "notebooks" / name),
-            str(run_dir / "notebooks" / name),
-            parameters={key: value for key, value in params.items() if key in declared[name]},
-            cwd=str(REPO_ROOT / "notebooks"),
-            progress_bar=progress,
-            kernel_name="python3",
-        )
+        source = REPO_ROOT / "notebooks" / name
+        if solutions:
+            source = run_dir / "notebooks" / f"solved-{name}"
+            exercises.solve_notebook(REPO_ROOT / "notebooks" / name, source)
+        try:
+            papermill.execute_notebook(
+                str(source),
+                str(run_dir / "notebooks" / name),
+                parameters={key: value for key, value in params.items() if key in declared[name]},
+                cwd=str(REPO_ROOT / "notebooks"),
+                progress_bar=progress,
+                kernel_name="python3",
+            )
+        finally:
+            if solutions:
+                source.unlink(missing_ok=True)
+        if solutions:
+            failed = exercises.failed_checks(run_dir, name)
+            if failed:
+                raise ExerciseCheckError(f"{name}, run with the reference solutions: "
+                                         + "; ".join(failed) + f" (see {run_dir / 'notebooks' / name}).")
         record["notebooks"].append({"name": name, "seconds": round(time.perf_counter() - t0, 1)})
         print(f"[labkit] {name} done in {record['notebooks'][-1]['seconds']:.0f} s", flush=True)
     record["wall_s"] = round(time.perf_counter() - start, 1)
@@ -85,9 +111,14 @@ def main(argv=None):
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("LABKIT_CACHE", DEFAULT_CACHE)))
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
                         help="the course's food set (default data/, built there once)")
+    parser.add_argument("--no-solutions", dest="solutions", action="store_false",
+                        help="run the notebooks as committed, exercises unfilled (default: reference solutions)")
     args = parser.parse_args(argv)
     try:
-        run_course(args.run_dir, args.cache_dir, data_dir=args.data_dir)
+        run_course(args.run_dir, args.cache_dir, data_dir=args.data_dir, solutions=args.solutions)
+    except ExerciseCheckError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except (FileExistsError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
