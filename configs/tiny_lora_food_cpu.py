@@ -39,6 +39,8 @@ image_folder = "data/images"  # folder the annotations' image paths are relative
 prompt_template = PROMPT_TEMPLATE.internlm2_chat  # prompt template name in xtuner.utils.PROMPT_TEMPLATE
 system_prompt = "auto"  # auto = the model folder's own template's system prompt (labkit's folders: XTuner's); None = XTuner's
 max_length = 2048  # longest token sequence; longer samples are cut
+replay = 108  # replay: this many known-dish samples of replay_data mixed into the training set, against forgetting (0 = off)
+replay_data = "auto"  # what replay draws from; auto = general/train.json of the data folder holding data_paths[0]: the base model's own training pictures
 
 # Scheduler & Optimizer
 batch_size = 8  # samples per device per step
@@ -102,6 +104,9 @@ train_dataset = dict(
     repeat_times=[1] * len(data_paths),  # count per annotation file
     template=prompt_template,
     max_length=max_length,
+    replay=replay,  # known-dish samples of replay_data added to data_paths (labkit.data.build.replay_indices)
+    replay_data=replay_data,
+    replay_seed=seed,
 )
 
 train_dataloader = dict(

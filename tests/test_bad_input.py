@@ -109,7 +109,7 @@ def xtuner_model_type_settings(data, **overrides):
     from labkit.train import settings
     s = settings.tiny_lora_cpu().replace(
         model_path=str(base_model.ASSET_DIR), data_paths=str(data["food"]["train"]),
-        image_folder=str(data["image_folder"]), batch_size=4, max_epochs=1, cpu_threads=1,
+        image_folder=str(data["image_folder"]), batch_size=4, max_epochs=1, cpu_threads=1, replay=0,
         lean_logits=False, weights_dtype="bfloat16", gradient_checkpointing=True)
     s = s.replace(**overrides)
     assert not s.uses_lean_model

@@ -56,7 +56,7 @@ def write_config(path, settings):
 
 
 def lora_settings(base, **knobs):
-    return tiny_lora_cpu().replace(model_path=str(base), lora_r=8, lora_alpha=16, **knobs)
+    return tiny_lora_cpu().replace(model_path=str(base), lora_r=8, lora_alpha=16, replay=0, **knobs)
 
 
 def build_xtuner_model(config_path):

@@ -31,7 +31,7 @@ def data(tmp_path_factory):
 def tiny_settings(model, data, **overrides):
     base = settings.tiny_lora_cpu().replace(
         model_path=str(model), data_paths=str(data["food"]["train"]), image_folder=str(data["image_folder"]),
-        batch_size=4, max_epochs=2, cpu_threads=1)
+        batch_size=4, max_epochs=2, cpu_threads=1, replay=0)  # a few pictures: no replay mix
     return base.replace(**overrides)
 
 

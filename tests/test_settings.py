@@ -225,7 +225,7 @@ def test_several_annotation_files_build_one_xtuner_dataset(tmp_path, tiny_checkp
 
     sizes = {"general": {"train": 1, "val": 0, "test": 0}, "food": {"train": 1, "val": 0, "test": 0}}
     data = build_datasets(tmp_path / "data", sizes=sizes, held_back_factor=1)
-    s = S.tiny_lora_cpu().replace(model_path=str(tiny_checkpoint), image_folder=str(data["image_folder"]),
+    s = S.tiny_lora_cpu().replace(model_path=str(tiny_checkpoint), image_folder=str(data["image_folder"]), replay=0,
                                   data_paths=[str(data["food"]["train"]), str(data["general"]["train"])])
     cfg = Config.fromfile(str(S.write_config(s, tmp_path / "cfg.py", num_samples=23)))
     dataset = BUILDER.build(cfg.train_dataset)

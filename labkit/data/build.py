@@ -133,6 +133,66 @@ def load_samples(path: str | os.PathLike) -> list[Sample]:
     return samples
 
 
+# ----------------------------------------------------------------------------- replay
+
+
+REPLAY_SOURCE = ("general", "train")  # what a replay mix draws from: the base model's own pictures
+
+
+def replay_source(replay_data: str | os.PathLike, data_path: str | os.PathLike) -> Path:
+    """The annotation file a replay mix draws from: ``replay_data``, where "auto" means the
+    `REPLAY_SOURCE` file (general/train.json) of the data folder that holds ``data_path``
+    (a food/train.json of this module's layout)."""
+    if str(replay_data) != "auto":
+        return Path(replay_data)
+    return Path(data_path).absolute().parent.parent / REPLAY_SOURCE[0] / f"{REPLAY_SOURCE[1]}.json"
+
+
+def replay_indices(records: list, count: int, seed: int = 0) -> list[int]:
+    """Which of ``records`` a replay mix of ``count`` known-dish samples takes, in the order drawn.
+
+    Replay mixes pictures of the dishes a model already knows into its fine-tune set, so that
+    learning the new dishes does not overwrite the old ones (catastrophic forgetting) and the new
+    dishes do not become the answer to everything. The draw is balanced: each known dish gets
+    ``count // dishes`` samples (the first ``count % dishes`` dishes, in a seeded order, one more),
+    taken in a seeded order from that dish's records. Held-back dishes and records whose answer
+    names no dish are never drawn. Raises ValueError when there are not enough records.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"replay count must be a whole number >= 0, not {count!r}")
+    from labkit.data.dishes import is_held_back
+
+    by_dish: dict = {}
+    for index, record in enumerate(records):
+        dish = answer_dish(record["conversations"][1]["value"])
+        if dish is not None and not is_held_back(dish):
+            by_dish.setdefault(dish, []).append(index)
+    if count == 0:
+        return []
+    available = sum(len(v) for v in by_dish.values())
+    if count > available:
+        raise ValueError(f"replay={count}: only {available} known-dish samples to draw from; "
+                         "lower the setting replay (0 turns it off) or give a larger replay_data file.")
+    rng = np.random.default_rng(stable_seed("replay", seed))
+    dishes = [sorted(by_dish)[k] for k in rng.permutation(len(by_dish))]
+    pools = {d: [by_dish[d][k] for k in rng.permutation(len(by_dish[d]))] for d in dishes}
+    chosen: list[int] = []
+    while len(chosen) < count:  # round robin: balanced, and a small dish runs out without stopping the draw
+        for dish in dishes:
+            if pools[dish] and len(chosen) < count:
+                chosen.append(pools[dish].pop(0))
+    return chosen
+
+
+def replay_records(path: str | os.PathLike, count: int, seed: int = 0) -> list[dict]:
+    """The ``count`` known-dish records of annotation file ``path`` that `replay_indices` draws."""
+    records = read_annotations(path)
+    try:
+        return [records[k] for k in replay_indices(records, count, seed)]
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+
+
 # ----------------------------------------------------------------------------- building
 
 

@@ -13,6 +13,10 @@ folder's ``config.json`` names, from the folder's own ``conversation.py``:
   converted model answer in the template it already names, in every engine.
 
 Rendered XTuner configs use :class:`FolderPromptDataset` with ``system="auto"``.
+
+It also mixes in **replay** samples (``Settings.replay``): that many known-dish samples drawn from
+``replay_data`` (the base model's own training set), balanced over the dishes and seeded by the
+run's seed (`labkit.data.build.replay_indices`), added to the samples of ``data_paths``.
 """
 from xtuner.dataset import InternVL_V1_5_Dataset
 
@@ -25,9 +29,40 @@ class FolderPromptDataset(InternVL_V1_5_Dataset):
     ``system="auto"``: the model folder's own (``labkit.checkpoints.remote_code.folder_template``); ``None``: XTuner's.
     """
 
-    def __init__(self, model_path, *args, system="auto", **kwargs):
+    def __init__(self, model_path, *args, system="auto", replay=0, replay_data=None, replay_seed=0, **kwargs):
+        if replay:
+            from labkit.data.build import replay_source
+
+            replay_data = str(replay_source(replay_data, kwargs["data_paths"][0]))
+            kwargs = self._with_replay_file(replay_data, kwargs)
         super().__init__(model_path, *args, **kwargs)
+        if replay:
+            self._keep_replay(replay_data, replay, replay_seed)
         if system == "auto":
             system = folder_template(model_path)[1]
         if system is not None:
             self._system = system  # read by XTuner's get_inputid_labels for the first turn
+
+    @staticmethod
+    def _with_replay_file(replay_data, kwargs):
+        """XTuner reads ``replay_data`` as one more annotation file (its records come last)."""
+        kwargs = dict(kwargs)
+        paths = list(kwargs["data_paths"])
+        folders = list(kwargs.get("image_folders") or [None] * len(paths))
+        repeats = kwargs.get("repeat_times", 1)
+        repeats = list(repeats) if isinstance(repeats, (list, tuple)) else [repeats] * len(paths)
+        kwargs.update(data_paths=paths + [replay_data], image_folders=folders + [folders[0]],
+                      repeat_times=repeats + [1])
+        return kwargs
+
+    def _keep_replay(self, replay_data, count, seed):
+        """Keep only the replay records `replay_indices` draws, after every record of data_paths."""
+        from labkit.data.build import replay_indices
+        from labkit.data.validate import read_annotations
+
+        records = read_annotations(replay_data)
+        start = len(self.data) - len(records)
+        keep = list(range(start)) + [start + k for k in replay_indices(records, count, seed)]
+        self.data = [self.data[k] for k in keep]
+        self.image_folder = [self.image_folder[k] for k in keep]
+        self.group_length = [self.group_length[k] for k in keep]

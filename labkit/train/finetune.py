@@ -110,11 +110,16 @@ def resolve_paths(settings: Settings, base=None) -> Settings:
         path = Path(path).expanduser()
         return str(path if path.is_absolute() else (base / path).resolve())
 
-    return settings.replace(
+    resolved = settings.replace(
         model_path=absolute(settings.model_path),
         data_paths=tuple(absolute(p) for p in settings.data_paths),
         image_folder=absolute(settings.image_folder),
     )
+    from labkit.data.build import replay_source
+
+    return resolved.replace(replay_data=str(replay_source(
+        settings.replay_data if settings.replay_data == "auto" else absolute(settings.replay_data),
+        resolved.data_paths[0])))
 
 
 def check_model(settings: Settings) -> None:
@@ -145,7 +150,22 @@ def check_data(settings: Settings) -> int:
     if total == 0:
         raise ValueError(f"{', '.join(settings.data_paths)}: no training samples.")
     check_max_length(settings)
-    return total
+    return total + check_replay(settings)
+
+
+def check_replay(settings: Settings) -> int:
+    """The replay samples ``settings`` mix in (0 when replay is off), their file validated first."""
+    if not settings.replay:
+        return 0
+    from labkit.data.build import replay_records
+    from labkit.data.validate import validate
+
+    if not Path(settings.replay_data).is_file():
+        raise FileNotFoundError(f"{settings.replay_data}: replay file not found (setting replay_data, used because "
+                                f"replay={settings.replay}). Build the data with labkit.data.build.build_datasets "
+                                "(it writes general/train.json), point replay_data at a file, or set replay=0.")
+    validate(settings.replay_data, settings.image_folder).raise_if_bad()
+    return len(replay_records(settings.replay_data, settings.replay, settings.seed))
 
 
 def check_max_length(settings: Settings) -> int:
@@ -363,7 +383,8 @@ def train(settings: Settings, work_dir, progress=True, on_loss=None, overwrite=F
     """
     settings = resolve_paths(settings)
     check_model(settings)
-    num_samples = check_data(settings) if validate else sum(count_samples(p) for p in settings.data_paths)
+    num_samples = (check_data(settings) if validate
+                   else sum(count_samples(p) for p in settings.data_paths) + settings.replay)
     work_dir = prepare_work_dir(work_dir, overwrite)
     planned = settings.planned_iterations(num_samples)
     marker = {"settings": asdict(settings), "num_samples": num_samples, "planned_iterations": planned}

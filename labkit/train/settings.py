@@ -75,6 +75,10 @@ class Settings:
     system_prompt: typing.Optional[str] = _knob(
         "auto", "auto = the model folder's own template's system prompt (labkit's folders: XTuner's); None = XTuner's")
     max_length: int = _knob(8192, "longest token sequence; longer samples are cut")
+    replay: int = _knob(0, "replay: this many known-dish samples of replay_data mixed into the training set, "
+                           "against forgetting (0 = off)")
+    replay_data: str = _knob("auto", "what replay draws from; auto = general/train.json of the data folder holding "
+                                     "data_paths[0]: the base model's own training pictures")
     # -- optimisation ---------------------------------------------------------------------
     batch_size: int = _knob(4, "samples per device per step")
     accumulative_counts: int = _knob(2, "steps whose gradients add up before one optimizer update")
@@ -232,6 +236,8 @@ def _check(s: Settings) -> None:
             _fail(name, getattr(s, name), f"choose one of {', '.join(map(str, allowed))}")
     if s.cpu_threads < 0:
         _fail("cpu_threads", s.cpu_threads, "use 0 (torch's default) or a count of threads")
+    if s.replay < 0:
+        _fail("replay", s.replay, "it is a count of known-dish samples: 0 (off) or more")
     if s.dataloader_num_workers < 0:
         _fail("dataloader_num_workers", s.dataloader_num_workers, "it must be 0 or more")
     if s.save_total_limit == 0 or s.save_total_limit < -1:
@@ -318,7 +324,7 @@ def tiny_lora_cpu() -> Settings:
         lora_r=128, lora_alpha=256, lora_dropout=0.05, lora_target_modules=None,
         lean_logits=True, weights_dtype="float32",
         max_length=2048, batch_size=8, accumulative_counts=1, dataloader_num_workers=0,
-        max_epochs=10, lr=1e-3, warmup_ratio=0.03,
+        replay=108, max_epochs=10, lr=1e-3, warmup_ratio=0.03,
         save_steps=1000, save_total_limit=1, log_interval=1,
         device="cpu",
     )
@@ -355,7 +361,7 @@ _PART1_GROUPS = (
     ("Model", ("model_path", "method", "freeze_llm", "freeze_visual_encoder", "lora_r", "lora_alpha",
                "lora_dropout", "lora_target_modules", "lean_logits", "weights_dtype",
                "gradient_checkpointing")),
-    ("Data", ("data_paths", "image_folder", "template", "system_prompt", "max_length")),
+    ("Data", ("data_paths", "image_folder", "template", "system_prompt", "max_length", "replay", "replay_data")),
     ("Scheduler & Optimizer", ("batch_size", "accumulative_counts", "dataloader_num_workers", "max_epochs",
                                "lr", "betas", "weight_decay", "max_norm", "warmup_ratio")),
     ("Save & log", ("save_steps", "save_total_limit", "log_interval")),
@@ -462,6 +468,9 @@ train_dataset = dict(
     repeat_times=[1] * len(data_paths),  # count per annotation file
     template=prompt_template,
     max_length=max_length,
+    replay=replay,  # known-dish samples of replay_data added to data_paths (labkit.data.build.replay_indices)
+    replay_data=replay_data,
+    replay_seed=seed,
 )
 
 train_dataloader = dict(
