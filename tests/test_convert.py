@@ -1,7 +1,7 @@
 """labkit.convert.pipeline against XTuner itself, on the tiny checkpoint.
 
 The checkpoints here are real XTuner checkpoints: XTuner's model class is built from a config
-rendered by labkit.train.settings (as ``xtuner train`` builds it), its LoRA adapters and projector are
+rendered by labkit.train.xtuner_config (as ``xtuner train`` builds it), its LoRA adapters and projector are
 moved away from their initial values (a fresh LoRA is a no-op: B starts at zero), and its
 ``state_dict()`` is saved in mmengine's layout, training log included. The reference logits come
 from XTuner's own forward pass, so the merged folder is checked against the model XTuner trained,
@@ -24,7 +24,8 @@ pytest.importorskip("xtuner.model", reason="XTuner builds the checkpoints these 
 
 from labkit.convert import pipeline as conv  # noqa: E402
 from labkit.checkpoints.folder import check_model_folder, load_checkpoint, write_checkpoint  # noqa: E402
-from labkit.train.settings import render_config, tiny_lora_cpu, tiny_pretrain_cpu  # noqa: E402
+from labkit.train.settings import tiny_lora_cpu, tiny_pretrain_cpu  # noqa: E402
+from labkit.train.xtuner_config import render_config  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BF16_TOLERANCE = 0.02  # logits of a bf16 folder vs XTuner's fp32 model (measured 0.004-0.006)

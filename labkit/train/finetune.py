@@ -13,7 +13,7 @@ What `train` does, step by step:
    (`check_max_length`), and the work folder holds no finished run.
 2. Plan: count the samples and compute how many iterations XTuner will run
    (`Settings.planned_iterations`), then render the XTuner config into the work folder with
-   that plan (`labkit.train.settings.render_config`).
+   that plan (`labkit.train.xtuner_config.render_config`).
 3. Run XTuner's training entry point in a child process (`labkit.train.launch`; several GPUs
    through ``torchrun`` + DeepSpeed). Its output streams into ``train.log``; a progress bar and
    the optional ``on_loss(iteration, loss)`` callback follow the logged iterations.
@@ -44,7 +44,8 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from labkit.train.settings import Settings, write_config
+from labkit.train.settings import Settings
+from labkit.train.xtuner_config import write_config
 from labkit.fileio import REPO_ROOT
 
 MARKER = "labkit-run.json"  # written when a run starts: the folder belongs to labkit
