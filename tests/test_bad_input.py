@@ -437,7 +437,8 @@ def test_a_safetensors_header_whose_sizes_disagree_is_named(model_copy):
     assert len(text) <= length
     text += b" " * (length - len(text))  # same header length: the file's size stays right
     path.write_bytes(raw[:8] + text + raw[8 + length:])
-    with pytest.raises(CheckpointError, match=re.escape(str(path)) + f": tensor {re.escape(name)} is BF16"):
+    with pytest.raises(CheckpointError, match=re.escape(str(path)) + ": not a readable safetensors file .*"
+                       "invalid shape, data type, or offset .*truncated or corrupt"):
         check_model_folder(model_copy)
 
 
