@@ -59,7 +59,7 @@ def test_tiny_lora_run_trains_the_planned_iterations(finished):
 
 
 def test_checkpoint_holds_lora_adapters_and_the_projector(finished):
-    from labkit.convert.pipeline import read_trained_weights
+    from labkit.convert.trained import read_trained_weights
 
     keys = read_trained_weights(finished[0].checkpoint).keys()
     assert any("lora_A" in k for k in keys) and any(k.startswith("model.mlp1.") for k in keys)
