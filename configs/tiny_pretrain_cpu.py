@@ -157,7 +157,7 @@ env_cfg = dict(
     dist_cfg=dict(backend="gloo"),  # gloo: a one-process group on the CPU
 )
 
-visualizer = None
+visualizer = None  # mmengine's default, which logs every loss to <work dir>/<time>/vis_data/scalars.json
 log_level = "INFO"
 load_from = None
 resume = False
