@@ -73,6 +73,8 @@ def main(argv=None):
     parser.add_argument("--batches", type=int, nargs="*", default=[8, 32])
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--skip-eager-batch1", action="store_true")
+    parser.add_argument("--skip-batch1", action="store_true", help="only the batch rows (and --graph-only)")
+    parser.add_argument("--graph-only", action="store_true", help="also: CUDA graph without compile, 1 tile")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     import transformers
@@ -102,7 +104,7 @@ def main(argv=None):
             args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
 
     # -- batch 1 through the engines ------------------------------------------------------
-    for cols, rows_ in GRIDS:
+    for cols, rows_ in [] if args.skip_batch1 else GRIDS:
         image = picture(cols * size, rows_ * size)
         base = eager.generate_inputs(QUESTION, image, settings=Settings(max_new_tokens=1))
         tiles, prompt = int(base["pixel_values"].shape[0]), int(base["input_ids"].shape[1])
@@ -132,6 +134,29 @@ def main(argv=None):
             same = (reference[0, : tokens.shape[1]] == tokens[0, : reference.shape[1]]).long().cumprod(0).sum()
             row["first_difference_at"] = int(same)
         emit({"batch": 1, "tiles": tiles, "prompt_tokens": prompt, **row})
+
+    # -- CUDA graph of the eager kernels, no compile (does fusion alone move the tokens?) -----
+    if args.graph_only:
+        from labkit.fast_decode import StaticGreedyDecoder
+
+        graph_only = StaticGreedyDecoder(fast.model.language_model, compile=False, graph=True)
+        cols, rows_ = GRIDS[0]
+        base = eager.generate_inputs(QUESTION, picture(cols * size, rows_ * size), settings=Settings(max_new_tokens=1))
+
+        def run_graph(n):
+            with torch.inference_mode():
+                embeds = prompt_embeddings(fast.model, base["input_ids"], base["pixel_values"])
+                return graph_only.generate(embeds, base["attention_mask"], n, base["eos_token_id"], base["pad_token_id"])
+
+        with torch.inference_mode():
+            reference = eager.model.generate(**{**base, "max_new_tokens": args.new_tokens})
+        row, tokens = measure("transformers-graph-fast", run_graph, args.new_tokens, device, args.repeat)
+        row["tokens_equal"] = reference.tolist() == tokens.tolist()
+        if not row["tokens_equal"]:
+            row["first_difference_at"] = int((reference[0, : tokens.shape[1]] == tokens[0, : reference.shape[1]])
+                                             .long().cumprod(0).sum())
+        emit({"batch": 1, "tiles": int(base["pixel_values"].shape[0]), "prompt_tokens": int(base["input_ids"].shape[1]),
+              "note": "CUDA graph of the eager kernels, not compiled", **row})
 
     # -- batches of one-tile questions of different lengths (left padding) --------------------
     model, tokenizer = eager.model, eager.tokenizer

@@ -107,9 +107,10 @@ def _one_token(lm, token, positions, slot, keep, cache):
 
 
 class StaticGreedyDecoder:
-    """Greedy generation for one language model; ``compile`` None = on CUDA GPUs only."""
+    """Greedy generation for one language model. ``compile`` and ``graph`` (the CUDA graph
+    replay): None = on CUDA GPUs only. ``compile=False, graph=True`` replays eager kernels."""
 
-    def __init__(self, lm, compile=None):
+    def __init__(self, lm, compile=None, graph=None):
         self.lm = lm
         on_gpu = lm.device.type == "cuda"
         self.compile = on_gpu if compile is None else bool(compile)
@@ -117,7 +118,7 @@ class StaticGreedyDecoder:
         if self.compile:
             # dynamic: one compilation serves every batch size and cache length
             forward = torch.compile(forward, fullgraph=True, dynamic=True, options=_inductor_options())
-        self.forward, self.graph = forward, self.compile and on_gpu
+        self.forward, self.graph = forward, on_gpu and (on_gpu if graph is None else bool(graph))
         self._step = None
 
     def _step_for(self, batch, max_len):
