@@ -32,6 +32,8 @@ The steps, each a function in the module named:
    the logits the merged model gives; a folder with labkit's own code must do the same with
    transformers alone and labkit not importable. The figures land in ``conversion.json``
    (`ConversionReport`, `read_report`).
+7. The model card: ``README.md`` with the hub's metadata, the training settings and how to load
+   the folder, and a ``.gitattributes`` for git-lfs (`labkit.convert.publish.write_card`).
 
 This module runs the steps in order (`convert`, and ``main`` for the command line).
 The folder is built under a temporary name beside ``out_dir`` and renamed only when every

@@ -109,7 +109,8 @@ def read_config_settings(config_path):
     try:
         cfg = Config.fromfile(str(config_path))
     except Exception as err:  # a syntax error or a failing import inside the config
-        raise PublishError(f"{config_path}: mmengine could not read this config ({type(err).__name__}: {err}).") from err
+        raise PublishError(f"{config_path}: mmengine could not read this config "
+                           f"({type(err).__name__}: {err}).") from err
     return {f.name: cfg[f.name] for f in fields(Settings) if f.name in cfg}
 
 
@@ -322,8 +323,9 @@ def card_text(facts):
     if facts.base_model:
         base = f"[{facts.base_model}](https://huggingface.co/{facts.base_model})"
     elif facts.base_folder:
-        base = (f"本地文件夹 local folder `{Path(facts.base_folder).name}`（labkit 课程的 tiny 基座模型 course base model "
-                "就是这样：结构同 InternVL2-2B，缩小到笔记本电脑能跑 the same architecture at laptop size；不在任何模型库 on no hub）")
+        base = f"本地文件夹 local folder `{Path(facts.base_folder).name}`，不在任何模型库 on no hub"
+        if (facts.conversion.get("parameters") or 0) < 10**8:
+            base += "（课程的 tiny 基座模型 the course's tiny base model：结构同 InternVL2-2B，缩小到笔记本电脑能跑）"
     else:
         base = "未知 unknown（文件夹里没有 conversion.json：不是 `labkit convert` 写的 not written by labkit convert）"
     comp = facts.comparison or {}
@@ -377,7 +379,8 @@ def write_gitattributes(folder):
     path = folder / ATTRIBUTES_NAME
     if path.exists():
         return path
-    large = [p.relative_to(folder) for p in sorted(folder.rglob("*")) if p.is_file() and p.stat().st_size > LFS_THRESHOLD]
+    large = [p.relative_to(folder) for p in sorted(folder.rglob("*"))
+             if p.is_file() and p.stat().st_size > LFS_THRESHOLD]
     patterns = list(LFS_PATTERNS) + [r.as_posix() for r in large if not _lfs_covered(r, LFS_PATTERNS)]
     lines = ["# git-lfs keeps these files outside git: weights, archives and anything above 10 MiB.",
              "# The Hugging Face hub and ModelScope read this file when you push with git."]
@@ -600,7 +603,7 @@ def check_folder(folder, repo_id=None, max_file_bytes=HUB_FILE_LIMIT):
                                    "Copy it from the base model folder, or convert again.")
     if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         check.add("error", folder / "tokenizer.json", "missing (nor tokenizer.model, vocab.json): the tokenizer's "
-                                                      "vocabulary. Copy it from the base model folder, or convert again.")
+                  "vocabulary. Copy it from the base model folder, or convert again.")
     for source, data in (("config.json", config), ("tokenizer_config.json", tokenizer_config)):
         parts = [data or {}] + [(data or {}).get(key) or {} for key in ("llm_config", "vision_config")]
         for name in sorted(set().union(*(_code_files(part) for part in parts if isinstance(part, dict)))):
