@@ -45,6 +45,8 @@ COMMANDS = {
                        "render, check or show the XTuner configs made from the presets"),
     "convert": Command("labkit.convert.pipeline:main",
                        "merge an XTuner .pth checkpoint into a safetensors model folder, with checks"),
+    "publish": Command("labkit.convert.publish:main",
+                       "a converted folder's model card, its check before an upload, the upload commands"),
     "chat": Command("labkit.chat.cli:main",
                     "ask a checkpoint one question, optionally about a picture"),
     "serve": Command("labkit.chat.server:main",
