@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 
 from labkit import cli
 from labkit.checkpoints.folder import write_checkpoint
-from labkit.convert import publish
+from labkit.convert import card, publish
 from labkit.train.settings import tiny_lora_cpu
 from labkit.train.xtuner_config import render_config
 
@@ -112,7 +112,7 @@ def test_a_readme_labkit_did_not_write_is_kept(ready):
         publish.write_card(ready)
     assert (ready / "README.md").read_text(encoding="utf-8") == "# my own notes\n"
     publish.write_card(ready, overwrite=True)
-    assert publish.CARD_MARK in (ready / "README.md").read_text(encoding="utf-8")
+    assert card.CARD_MARK in (ready / "README.md").read_text(encoding="utf-8")
 
 
 def test_gitattributes_sends_weights_and_any_large_file_to_lfs(ready):
