@@ -153,3 +153,17 @@ def test_every_exercise_passes_with_the_reference_solutions(course_run):
     expected = [e.id for name in NOTEBOOKS for e in exercises.exercises_of(name)]
     assert expected and sorted(recorded) == sorted(expected)
     assert all(recorded[i]["passed"] for i in expected), recorded
+
+
+@pytest.mark.slow
+def test_the_tuned_model_is_ready_to_publish(course_run):
+    """The main job's tuned folder carries a card with the evaluation and passes the publish check."""
+    from labkit.convert import publish
+
+    run_dir, _ = course_run
+    tuned = run_dir / "tuned-model"
+    assert load(run_dir, "course.json")["publish_check"]["ok"]
+    check = publish.check_folder(tuned)
+    assert check.ok, check.summary()
+    card = (tuned / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\n") and "肠粉" in card  # the evaluation table, per dish
