@@ -118,6 +118,7 @@ def test_bad_uploads_are_refused_and_the_cell_still_answers(cell, engines, pictu
     upload(cell, "肠粉是广东的早点。".encode("utf-8"), name="notes.txt", mime="text/plain")
     assert "notes.txt" in cell.error.value and "not an image" in cell.error.value
     assert "keeps the picture" in cell.error.value
+    assert "notes.txt refused; still asking about 肠粉" in cell.status.value
     huge = io.BytesIO()
     Image.new("L", (8000, 6000)).save(huge, format="PNG")
     upload(cell, huge.getvalue(), name="huge.png")

@@ -35,7 +35,7 @@ from labkit.chat.widget import FULL_LABEL, PREVIEW_PIXELS, error_html, png_thumb
 from labkit.data.dishes import OPEN_QUESTIONS, dish_names
 
 SIDES = {"base": "基座模型 base", "tuned": "微调后 tuned"}  # column key -> its label
-THUMB_PIXELS = 96
+THUMB_PIXELS = 80  # the gallery's square tiles
 DEFAULT_QUESTION = OPEN_QUESTIONS[0]  # 图中的菜是什么？
 
 
@@ -70,6 +70,13 @@ def compare_cell(base_dir, tuned_dir, gallery=None, device=None, max_new_tokens=
                        **cell_options)
 
 
+def _square_png(image, pixels: int) -> bytes:
+    """The middle square of a picture, ``pixels`` wide, as PNG: a gallery of equal tiles."""
+    from PIL import ImageOps
+
+    return png_thumbnail(ImageOps.fit(image, (pixels, pixels)), pixels)
+
+
 def _answer_html(text: str, writing: bool = False) -> str:
     cursor = " ▌" if writing else ""
     return f'<div style="white-space:pre-wrap">{html.escape(text)}{cursor}</div>'
@@ -86,7 +93,7 @@ class CompareCell(widgets.VBox):
         self.temperature, self.top_p = settings.temperature, settings.top_p
         limits = [e.max_pixels for e in self.engines.values() if e.max_pixels is not None]
         self.max_pixels = min(limits) if limits else None
-        self.picture = None  # the ImageInput both models see
+        self.picture, self.picture_name = None, ""  # the ImageInput both models see, and what to call it
         self.answers = {side: "" for side in SIDES}  # the last complete answers
         self.last_exception = None
 
@@ -98,13 +105,13 @@ class CompareCell(widgets.VBox):
                                            layout=widgets.Layout(width=f"{THUMB_PIXELS}px")), "labkit-compare-pick")
             button.on_click(lambda _, label=label: self.on_pick(label))
             self.pick_buttons[label] = button
-            thumb = widgets.Image(value=png_thumbnail(picture.image, THUMB_PIXELS), format="png",
-                                  layout=widgets.Layout(width=f"{THUMB_PIXELS}px"))
+            thumb = widgets.Image(value=_square_png(picture.image, THUMB_PIXELS), format="png",
+                                  layout=widgets.Layout(width=f"{THUMB_PIXELS}px", height=f"{THUMB_PIXELS}px"))
             items.append(widgets.VBox([thumb, button]))
         self.gallery_box = tagged(widgets.HBox(items, layout=widgets.Layout(flex_flow="row wrap")),
                                   "labkit-compare-gallery")
-        self.upload = tagged(widgets.FileUpload(accept="image/*", multiple=False, description="上传图片 Upload"),
-                             "labkit-compare-upload")
+        self.upload = tagged(widgets.FileUpload(accept="image/*", multiple=False, description="上传图片 Upload",
+                                                layout=widgets.Layout(width="auto")), "labkit-compare-upload")
         self.preview = tagged(widgets.Image(format="png", layout=widgets.Layout(display="none")),
                               "labkit-compare-preview")
         self.input = tagged(widgets.Text(value=question, description="问题 question", style=FULL_LABEL,
@@ -157,7 +164,7 @@ class CompareCell(widgets.VBox):
 
     def _use_picture(self, picture, name, picked=None):
         """Both models see ``picture`` from now on; the old answers were about another one."""
-        self.picture = picture
+        self.picture, self.picture_name = picture, name
         for label, button in self.pick_buttons.items():
             button.button_style = "info" if label == picked else ""
         self.preview.value = png_thumbnail(picture.image, PREVIEW_PIXELS // 2)
@@ -186,6 +193,8 @@ class CompareCell(widgets.VBox):
                 picture = read_image(data, self.max_pixels)
             except ChatInputError as err:
                 self._set_error(f"{name}: {err} The cell keeps the picture it had.")
+                kept = f"still asking about {self.picture_name}" if self.picture else "no picture yet"
+                self._set_status(f"Upload {name} refused; {kept}.")
                 return
             self._use_picture(picture, name)
         except Exception as err:
