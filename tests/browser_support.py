@@ -10,6 +10,7 @@
   and stops it, and playwright's driver, on the way out.
 * :func:`parameterized_notebook` copies a course notebook with its parameters injected the way
   papermill does it (a cell tagged ``injected-parameters`` after the ``parameters`` cell).
+* :func:`code_notebook` writes a small notebook of the test's own code cells.
 * :class:`NotebookPage` drives a notebook in the JupyterLab page: wait for a really idle kernel,
   Run All, wait until every code cell has run.
 * :func:`base_model_dir` is a session fixture: the tiny base model notebook 02 uses by default
@@ -348,6 +349,19 @@ def parameterized_notebook(source: Path, target: Path, parameters: dict) -> Path
     from papermill.parameterize import parameterize_notebook
 
     notebook = parameterize_notebook(load_notebook_node(str(source)), parameters)
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp")
+    nbformat.write(notebook, str(tmp))
+    os.replace(tmp, target)
+    return target
+
+
+def code_notebook(target: Path, sources: list[str]) -> Path:
+    """Write a notebook of code cells (``sources``, one string per cell) for the python3 kernel."""
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in sources])
+    notebook.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     target = Path(target)
     tmp = target.with_name(f".{target.name}.tmp")
     nbformat.write(notebook, str(tmp))

@@ -1,6 +1,6 @@
-"""The chat cell of notebook 02 in a real browser: JupyterLab, Chromium, a person's clicks.
+"""The chat cells in a real browser: JupyterLab, Chromium, a person's clicks.
 
-What it does, as a student would: open ``02_baseline_chat.ipynb`` (on the tiny base model, with
+The chat cell of notebook 02. What it does, as a student would: open ``02_baseline_chat.ipynb`` (on the tiny base model, with
 the test's own run and cache folders injected the papermill way), Run All, pick a food picture
 with the chat cell's *Picture* button, type a question, press *Send*, watch the answer being
 written, ask a follow-up; then pick a text file named ``.jpg`` and check that the cell says
@@ -8,8 +8,16 @@ what is wrong and still answers the next question.
 
 What it checks: each answer the browser shows equals what the same engine answers headlessly,
 in this test process, for the same picture, questions and greedy settings - so the upload, the
-kernel round trip and the streamed display lose or change nothing. Screenshots of the chat cell
-go to ``runs/test-artifacts/`` (see docs/browser-tests.md).
+kernel round trip and the streamed display lose or change nothing; every turn shows once, and
+the sliders' labels are shown whole.
+
+The side-by-side cell (labkit.chat.compare), in a small notebook the test writes: two tiny
+models in two folders (the committed base model and a random checkpoint, or the folder named by
+``$LABKIT_TEST_TUNED_MODEL``), a gallery of the food set's test pictures. Pick 肠粉 in the gallery
+and ask; upload a picture of another dish and ask; upload a text file named ``.jpg``, which is
+refused, and ask again. Both columns must show what the two engines answer headlessly.
+
+Screenshots go to ``runs/test-artifacts/`` (see docs/browser-tests.md).
 
 Run only these tests with ``./lab test -m browser``; they skip when ``/usr/bin/chromium`` is
 missing.
@@ -17,6 +25,7 @@ missing.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -36,11 +45,13 @@ from browser_support import (  # noqa: F401  (base_model_dir is a pytest fixture
     chromium,
     chromium_missing_reason,
     cjk_font_missing_reason,
+    code_notebook,
     end_processes,
     parameterized_notebook,
     save_artifact,
     test_cache_dir,
 )
+from fixtures_model import tiny_checkpoint  # noqa: F401  (pytest fixture)
 
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "02_baseline_chat.ipynb"
@@ -55,15 +66,28 @@ ANSWER_TIMEOUT_S = 300
 
 STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
 
-# Records every text the reply area shows, so the test can see the answer being streamed.
-WATCH_REPLY_JS = """
-(element) => {
-    window.labkitReplyTexts = [];
+# Records every answer text an area shows, so the test can see the answer being streamed.
+WATCH_JS = """
+(element, [name, answer]) => {
+    window[name] = [];
     const area = element.querySelector('.widget-html-content') || element;
-    new MutationObserver(() => window.labkitReplyTexts.push(area.textContent))
+    const read = () => { const found = answer ? area.querySelector(answer) : area; return found ? found.textContent : ''; };
+    new MutationObserver(() => window[name].push(read()))
         .observe(area, {childList: true, subtree: true, characterData: true});
 }
 """
+
+# A widget label as shown: its text, and whether the box is narrower than the text (cut to "...").
+LABEL_JS = """
+(element) => {
+    const label = element.querySelector('.widget-label');
+    return [label.textContent, label.scrollWidth > label.clientWidth];
+}
+"""
+
+COMPARE_NOTEBOOK = "compare.ipynb"
+COMPARE_MAX_NEW_TOKENS = 24
+COMPARE_PICK = "肠粉"
 
 
 def in_a_browser(test):
@@ -107,34 +131,42 @@ def expected_answers(base_model_dir, food_picture):  # noqa: F811
     return answers, pieces
 
 
-@pytest.fixture
-def notebook_02(tmp_path, base_model_dir):  # noqa: F811  (built first, so the notebook finds it)
-    """Notebook 02 open in Chromium in a JupyterLab of its own; everything stopped afterwards.
+@contextlib.contextmanager
+def notebook_in_lab(root: Path, name: str, tmp_path: Path, artifact_prefix: str = ""):
+    """Notebook ``root/name`` open in Chromium in a JupyterLab of its own; everything stopped afterwards.
 
-    Yields (page, NotebookPage, run_dir). A full-page screenshot and the server log are saved as
+    Yields (page, NotebookPage). A full-page screenshot and the server log are saved as
     artifacts at the end, pass or fail.
     """
-    root, run_dir = tmp_path / "lab-root", tmp_path / "run"
-    root.mkdir()
-    parameterized_notebook(NOTEBOOK, root / NOTEBOOK.name, {
-        "run_dir": str(run_dir), "cache_dir": str(test_cache_dir()), "device": "cpu", "backend": "transformers",
-    })
     with JupyterLab(root, tmp_path / "home") as lab:
         try:
             with chromium(tmp_path / "chromium-profile") as browser:
                 page = browser.new_page()
                 try:
-                    yield page, NotebookPage(page, lab, NOTEBOOK.name).open(OPEN_TIMEOUT_S), run_dir
+                    yield page, NotebookPage(page, lab, name).open(OPEN_TIMEOUT_S)
                 finally:
                     with contextlib.suppress(Exception):  # a broken page must not hide the test's own error
-                        page.screenshot(path=str(tmp_path / "jupyterlab-page.png"), full_page=True, timeout=30_000)
-                        save_artifact(tmp_path / "jupyterlab-page.png")
+                        shot = tmp_path / f"{artifact_prefix}jupyterlab-page.png"
+                        page.screenshot(path=str(shot), full_page=True, timeout=30_000)
+                        save_artifact(shot)
         finally:
             lab.stop()
             if lab.log_path.is_file():
-                save_artifact(lab.log_path)
+                save_artifact(lab.log_path, f"{artifact_prefix}jupyterlab.log")
     assert not lab.forced_stops, f"JupyterLab had to be stopped by force: {lab.forced_stops}"
     assert "restarting kernel" not in lab.log_path.read_text(encoding="utf-8"), "the kernel died during the test"
+
+
+@pytest.fixture
+def notebook_02(tmp_path, base_model_dir):  # noqa: F811  (built first, so the notebook finds it)
+    """Notebook 02 open in the browser: yields (page, NotebookPage, run_dir)."""
+    root, run_dir = tmp_path / "lab-root", tmp_path / "run"
+    root.mkdir()
+    parameterized_notebook(NOTEBOOK, root / NOTEBOOK.name, {
+        "run_dir": str(run_dir), "cache_dir": str(test_cache_dir()), "device": "cpu", "backend": "transformers",
+    })
+    with notebook_in_lab(root, NOTEBOOK.name, tmp_path) as (page, notebook):
+        yield page, notebook, run_dir
 
 
 class ChatCellDriver:
@@ -158,15 +190,23 @@ class ChatCellDriver:
         chooser.value.set_files(str(path))
 
     def ask(self, question: str, turn: int) -> tuple[str, list[str]]:
-        """Type, press Send, wait until turn ``turn`` is answered; (answer, texts seen while writing)."""
-        self.part("reply").evaluate(WATCH_REPLY_JS)
+        """Type, press Send, wait until turn ``turn`` is answered; (answer, texts seen while writing).
+
+        Once written, the answer is the newest turn of the history, and the reply area is empty.
+        """
+        self.part("reply").evaluate(WATCH_JS, ["labkitReplyTexts", ".labkit-chat-answer"])
         self.part("input").locator("textarea").fill(question)
         self.part("send").click()
         self.part("status").filter(has_text=re.compile(rf"Answered in .*\({turn} turn\(s\) so far\)")).wait_for(
             timeout=ANSWER_TIMEOUT_S * 1000)
-        reply = self.text("reply")
-        assert reply.startswith("答 ") and "▌" not in reply, f"the reply area did not finish: {reply!r}"
-        return reply.removeprefix("答 "), self.page.evaluate("window.labkitReplyTexts")
+        assert self.text("reply") == "", f"the reply area still shows {self.text('reply')!r}"
+        shown = self.cell.locator(".labkit-chat-answer").count()
+        assert shown == turn, f"after {turn} turn(s) the cell shows {shown} answers: each turn must show once"
+        return self.history()[-1][1], self.page.evaluate("window.labkitReplyTexts")
+
+    def slider_label(self, name) -> tuple[str, bool]:
+        """(the label's text, whether it is cut off)."""
+        return tuple(self.part(name).evaluate(LABEL_JS))
 
     def history(self) -> list[tuple[str, str]]:
         turns = self.part("history").locator(".labkit-chat-turn")
@@ -205,6 +245,8 @@ def test_chat_cell_in_jupyterlab(notebook_02, expected_answers, food_picture, tm
     chat.cell.wait_for(timeout=OPEN_TIMEOUT_S * 1000)
     # The sliders start greedy, as expected_answers assumes.
     assert chat.part("temperature").locator(".widget-readout").inner_text() == "0.00"
+    for name, label in (("temperature", "temperature"), ("top-p", "top_p"), ("max-tokens", "max tokens")):
+        assert chat.slider_label(name) == (label, False), f"the {label} slider's label is cut off"
     ran_s = time.monotonic() - started
 
     # A food picture through the Picture button: preview and tile count appear.
@@ -242,6 +284,129 @@ def test_chat_cell_in_jupyterlab(notebook_02, expected_answers, food_picture, tm
     assert chat.history() == list(zip(QUESTIONS, answers))
     chat.screenshot(tmp_path / "chat-cell-after-bad-upload.png")
     print(f"notebook 02 ran in {ran_s:.0f} s; chat in {time.monotonic() - started - ran_s:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def tuned_model_dir(tiny_checkpoint) -> Path:  # noqa: F811
+    """The "tuned" side: ``$LABKIT_TEST_TUNED_MODEL`` (a real fine-tune, for the docs screenshot), else a
+    random tiny checkpoint, so the two columns differ."""
+    return Path(os.environ.get("LABKIT_TEST_TUNED_MODEL") or tiny_checkpoint).resolve()
+
+
+@pytest.fixture(scope="module")
+def compare_pictures(tmp_path_factory):
+    """(annotation, image folder, the gallery, a test picture of another dish that is not in the gallery)."""
+    from labkit.chat.compare import dish_gallery
+    from labkit.course.workspace import Workspace
+
+    workspace = Workspace(tmp_path_factory.mktemp("compare-run"), test_cache_dir())
+    data = workspace.data()
+    annotation, folder = data["food"]["test"], data["image_folder"]
+    gallery = dish_gallery(annotation, folder)
+    other = next(folder / s.image for s in workspace.samples() if s.dish not in (None, COMPARE_PICK)
+                 and folder / s.image not in gallery.values())
+    return annotation, folder, gallery, other
+
+
+@pytest.fixture(scope="module")
+def compare_expected(base_model_dir, tuned_model_dir, compare_pictures):  # noqa: F811
+    """What the two engines answer headlessly, picture by picture (path -> {side: answer})."""
+    from labkit.chat import Sampling, TransformersEngine
+    from labkit.chat.compare import DEFAULT_QUESTION
+
+    engines = {"base": TransformersEngine(base_model_dir), "tuned": TransformersEngine(tuned_model_dir)}
+    _, _, gallery, other = compare_pictures
+    settings = Sampling(max_new_tokens=COMPARE_MAX_NEW_TOKENS)
+    return {path: {side: engine.ask(DEFAULT_QUESTION, path.read_bytes(), settings=settings)
+                   for side, engine in engines.items()}
+            for path in (gallery[COMPARE_PICK], other)}
+
+
+@pytest.fixture
+def compare_notebook(tmp_path, base_model_dir, tuned_model_dir, compare_pictures):  # noqa: F811
+    """A notebook of the test's own with the side-by-side cell, open in the browser: yields the page."""
+    annotation, folder, _, _ = compare_pictures
+    root = tmp_path / "lab-root"
+    root.mkdir()
+    code_notebook(root / COMPARE_NOTEBOOK, [
+        f"base_dir, tuned_dir = {str(base_model_dir)!r}, {str(tuned_model_dir)!r}\n"
+        f"annotation, image_folder = {str(annotation)!r}, {str(folder)!r}",
+        "from labkit.chat import compare\n"
+        "compare.compare_cell(base_dir, tuned_dir, gallery=compare.dish_gallery(annotation, image_folder),\n"
+        f"                     device='cpu', max_new_tokens={COMPARE_MAX_NEW_TOKENS})",
+    ])
+    with notebook_in_lab(root, COMPARE_NOTEBOOK, tmp_path, artifact_prefix="compare-") as (page, notebook):
+        yield page, notebook
+
+
+class CompareCellDriver(ChatCellDriver):
+    """The side-by-side cell in the page (labkit/chat/compare.py gives each part a CSS class)."""
+
+    def __init__(self, page):
+        self.page = page
+        self.cell = page.locator(".jp-OutputArea-output .jupyter-widgets.labkit-compare")
+
+    def part(self, name):
+        return self.cell.locator(f".labkit-compare-{name}")
+
+    def answer(self, side) -> str:
+        return self.part(side).locator(".labkit-compare-answer .widget-html-content").text_content()
+
+    def pick(self, label: str):
+        self.part("pick").filter(has_text=re.compile(rf"^{re.escape(label)}$")).click()
+        self.part("status").filter(has_text=f"Picture {label} (").wait_for()
+
+    def ask(self) -> tuple[dict, dict]:
+        """Press 提问 Ask; wait until both columns answered: ({side: answer}, {side: texts seen while writing})."""
+        for side in ("base", "tuned"):
+            self.part(side).locator(".labkit-compare-answer").evaluate(WATCH_JS, [f"labkitSeen_{side}", ""])
+        self.part("ask").click()
+        self.part("status").filter(has_text="Both answered").wait_for(timeout=ANSWER_TIMEOUT_S * 1000)
+        assert self.text("error") == "", self.text("error")
+        sides = ("base", "tuned")
+        return ({side: self.answer(side) for side in sides},
+                {side: self.page.evaluate(f"window.labkitSeen_{side}") for side in sides})
+
+
+@in_a_browser
+def test_compare_cell_in_jupyterlab(compare_notebook, compare_pictures, compare_expected, tmp_path):
+    page, notebook = compare_notebook
+    _, _, gallery, other = compare_pictures
+    notebook.run_all()
+    notebook.wait_until_all_cells_ran(RUN_ALL_TIMEOUT_S)
+    cell = CompareCellDriver(page)
+    cell.cell.wait_for(timeout=OPEN_TIMEOUT_S * 1000)
+    assert cell.part("pick").all_inner_texts() == list(gallery), "the gallery shows every dish, in table order"
+    assert cell.part("base").locator("b").first.inner_text() == "基座模型 base"
+    assert cell.part("tuned").locator("b").first.inner_text() == "微调后 tuned"
+    assert cell.slider_label("max-tokens") == ("max tokens", False)
+
+    # A gallery pick: both columns answer, each as its engine does headlessly, written while you watch.
+    cell.pick(COMPARE_PICK)
+    answers, seen = cell.ask()
+    assert answers == compare_expected[gallery[COMPARE_PICK]]
+    for side, texts in seen.items():
+        assert any(t.endswith("▌") for t in texts), f"the {side} column never showed a writing cursor: {texts!r}"
+    cell.screenshot(tmp_path / "compare-cell.png")
+
+    # An upload of another dish's picture, through the file dialog.
+    cell.upload(other)
+    cell.part("status").filter(has_text=f"Picture {other.name}:").wait_for()
+    cell.part("preview").and_(page.locator("img[src^='blob:']")).wait_for(state="visible")
+    answers, _ = cell.ask()
+    assert answers == compare_expected[other]
+
+    # A text file named .jpg is refused with a clear message; the cell keeps the picture and answers again.
+    bad = tmp_path / "not-a-picture.jpg"
+    bad.write_text("These are words, not pixels.\n", encoding="utf-8")
+    cell.upload(bad)
+    cell.part("status").filter(has_text="not-a-picture.jpg refused").wait_for()
+    message = cell.text("error")
+    assert "not-a-picture.jpg" in message and "is not an image" in message and "keeps the picture" in message
+    cell.screenshot(tmp_path / "compare-cell-bad-upload.png")
+    answers, _ = cell.ask()
+    assert answers == compare_expected[other]
+    cell.screenshot(tmp_path / "compare-cell-after-bad-upload.png")
 
 
 def test_end_processes_ends_a_process_that_ignores_sigterm():

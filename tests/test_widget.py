@@ -1,5 +1,7 @@
 """labkit.chat.widget.ChatCell driven headlessly: set widget values, press buttons, read the areas.
 
+The side-by-side cell, labkit.chat.compare.CompareCell, has its own tests in tests/test_compare.py.
+
 A real-browser test selects the same parts by their CSS classes, so those are checked too.
 """
 from __future__ import annotations
@@ -72,8 +74,11 @@ def test_send_streams_the_reply_fills_history_and_clears_the_input(cell, engine)
     cell.reply.observe(lambda change: updates.append(change["new"]), names="value")
     send(cell, "这是什么菜？")
     expected = engine.ask("这是什么菜？", image, settings=Sampling(max_new_tokens=12))
-    assert len(updates) > 2  # the reply area changed while the answer was being written
-    assert html.escape(expected) in cell.reply.value and "▌" not in cell.reply.value
+    writing = [u for u in updates if "▌" in u]
+    assert len(writing) > 2  # the reply area changed while the answer was being written
+    assert "这是什么菜？" in writing[-1] and html.escape(expected) + " ▌" in writing[-1]
+    assert cell.reply.value == ""  # done: the turn moved into the history
+    assert html.escape(expected) in cell.history_view.value
     assert cell.input.value == ""
     assert cell.error.value == ""
     assert "这是什么菜？" in cell.history_view.value and "&lt;image&gt;" not in cell.history_view.value
@@ -83,6 +88,25 @@ def test_send_streams_the_reply_fills_history_and_clears_the_input(cell, engine)
     send(cell, "它是哪里的？")
     assert len(cell.session.history) == 2
     assert cell.history_view.value.count("labkit-chat-turn") == 2
+
+
+def answers_shown(cell) -> int:
+    return (cell.history_view.value + cell.reply.value).count('class="labkit-chat-answer"')
+
+
+def test_every_turn_shows_once_the_newest_included(cell, engine):
+    upload(cell, png(noise_image(64, 64)))
+    for turns, question in enumerate(("这是什么菜？", "它是哪里的？", "再说一遍"), start=1):
+        send(cell, question)
+        assert answers_shown(cell) == turns, f"after {turns} turn(s) the cell shows {answers_shown(cell)} answers"
+        assert cell.history_view.value.count(html.escape(question)) == 1
+    newest = cell.session.history[-1][1]
+    assert cell.history_view.value.endswith(f"<b>答</b> {html.escape(newest)}</div></div>")
+
+
+def test_slider_labels_are_shown_whole(cell):
+    for slider in (cell.temperature, cell.top_p, cell.max_tokens):
+        assert slider.style.description_width == "initial", slider.description
 
 
 def test_sliders_and_prompt_view_reach_the_engine(cell):
@@ -159,6 +183,7 @@ def test_a_model_crash_shows_in_the_error_area_and_the_cell_recovers():
     cell = ChatCell(FailingEngine())
     send(cell, "这是什么菜？")  # must not raise
     assert "RuntimeError" in cell.error.value and "out of memory" in cell.error.value
+    assert cell.reply.value == ""  # no half answer left with a writing cursor
     assert cell.input.value == "这是什么菜？"  # the question comes back, to resend
     assert cell.session.history == [] and not cell.send_button.disabled
     cell.send_button.click()
