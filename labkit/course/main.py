@@ -4,6 +4,9 @@
 
 1. make sure the tiny base model and the food data exist (built once into the cache folder),
 2. execute notebooks 01-05 in order with papermill, each with the run folder as a parameter,
+   with the exercises' reference solutions filled in (``labkit.course.exercises.solve_notebook``;
+   ``--no-solutions`` runs the student copies as committed), and stop at the first notebook
+   whose exercise checks did not all pass,
 3. keep the executed copies under ``RUN/notebooks/`` and write ``RUN/report.md`` + ``report.html``.
 """
 import argparse
@@ -28,8 +31,17 @@ def new_run_dir(root=REPO_ROOT / "runs"):
     return Path(root) / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def run_course(run_dir=None, cache_dir=DEFAULT_CACHE, notebooks=NOTEBOOKS, parameters=None, progress=True):
-    """Execute the notebooks in order into ``run_dir``; return the report path."""
+class ExerciseCheckError(RuntimeError):
+    """A notebook run with the reference solutions had an exercise check that did not pass."""
+
+
+def run_course(run_dir=None, cache_dir=DEFAULT_CACHE, notebooks=NOTEBOOKS, parameters=None, progress=True,
+               solutions=True):
+    """Execute the notebooks in order into ``run_dir``; return the report path.
+
+    ``solutions``: run each notebook with its exercise cells replaced by the reference solutions
+    and raise :class:`ExerciseCheckError` unless every check passed; False runs them as committed.
+    """
     from labkit import fileio
     run_dir = fileio.check_folder_target(Path(run_dir or new_run_dir()), "run folder (--run-dir)")
     fileio.check_folder_target(Path(cache_dir), "cache folder (--cache-dir)")
@@ -37,25 +49,40 @@ def run_course(run_dir=None, cache_dir=DEFAULT_CACHE, notebooks=NOTEBOOKS, param
         raise FileExistsError(f"{run_dir} already holds a run; choose a new --run-dir (nothing was changed).")
     import papermill
 
+    from labkit.course import exercises
     from labkit.course.report import write_report
 
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     (run_dir / "figures").mkdir(exist_ok=True)
     params = {"run_dir": str(run_dir.resolve()), "cache_dir": str(Path(cache_dir).resolve()), "device": "cpu"}
     params.update(parameters or {})
-    record = {"started": datetime.now().isoformat(timespec="seconds"), "notebooks": [], "parameters": params}
+    record = {"started": datetime.now().isoformat(timespec="seconds"), "notebooks": [], "parameters": params,
+              "solutions": solutions}
     start = time.perf_counter()
     for name in notebooks:
         t0 = time.perf_counter()
         print(f"[labkit] running {name} ...", flush=True)
-        papermill.execute_notebook(
-            str(REPO_ROOT / "notebooks" / name),
-            str(run_dir / "notebooks" / name),
-            parameters=params,
-            cwd=str(REPO_ROOT / "notebooks"),
-            progress_bar=progress,
-            kernel_name="python3",
-        )
+        source = REPO_ROOT / "notebooks" / name
+        if solutions:
+            source = run_dir / "notebooks" / f"solved-{name}"
+            exercises.solve_notebook(REPO_ROOT / "notebooks" / name, source)
+        try:
+            papermill.execute_notebook(
+                str(source),
+                str(run_dir / "notebooks" / name),
+                parameters=params,
+                cwd=str(REPO_ROOT / "notebooks"),
+                progress_bar=progress,
+                kernel_name="python3",
+            )
+        finally:
+            if solutions:
+                source.unlink(missing_ok=True)
+        if solutions:
+            failed = exercises.failed_checks(run_dir, name)
+            if failed:
+                raise ExerciseCheckError(f"{name}, run with the reference solutions: "
+                                         + "; ".join(failed) + f" (see {run_dir / 'notebooks' / name}).")
         record["notebooks"].append({"name": name, "seconds": round(time.perf_counter() - t0, 1)})
         print(f"[labkit] {name} done in {record['notebooks'][-1]['seconds']:.0f} s", flush=True)
     record["wall_s"] = round(time.perf_counter() - start, 1)
@@ -71,9 +98,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="labkit run", description="Run the whole course headless.")
     parser.add_argument("--run-dir", type=Path, default=None, help="where to put this run (default runs/DATE-TIME)")
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("LABKIT_CACHE", DEFAULT_CACHE)))
+    parser.add_argument("--no-solutions", dest="solutions", action="store_false",
+                        help="run the notebooks as committed, exercises unfilled (default: reference solutions)")
     args = parser.parse_args(argv)
     try:
-        run_course(args.run_dir, args.cache_dir)
+        run_course(args.run_dir, args.cache_dir, solutions=args.solutions)
+    except ExerciseCheckError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except (FileExistsError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
