@@ -2,7 +2,7 @@
 
 Runs `labkit.course.main.run_course` into a fresh run folder and prints the seconds per notebook,
 the total, and the figures the run produced. The one-time install is not counted; the food
-data and the base model come from the cache when present (pass --cold to build them too).
+data (data/) and the base model (the cache) are reused when present (pass --cold to build them too).
 
     python benchmarks/course_time.py [--cold] [--out course_time.json]
 """
@@ -14,18 +14,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from labkit.course.main import DEFAULT_CACHE, run_course  # noqa: E402
+from labkit.course.main import DEFAULT_CACHE, DEFAULT_DATA, run_course  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cold", action="store_true", help="start from an empty cache (data rebuilt)")
+    parser.add_argument("--cold", action="store_true", help="start from an empty cache and data folder (data rebuilt)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     scratch = Path(tempfile.mkdtemp(prefix="labkit-course-"))
     cache = scratch / "cache" if args.cold else DEFAULT_CACHE
+    data = scratch / "data" if args.cold else DEFAULT_DATA
     start = time.perf_counter()
-    report = run_course(scratch / "run", cache, progress=False)
+    report = run_course(scratch / "run", cache, progress=False, data_dir=data)
     wall = time.perf_counter() - start
     run = report.parent
     course = json.loads((run / "course.json").read_text(encoding="utf-8"))

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from labkit.data import paint as render  # noqa: E402
 from labkit.train import finetune, plan  # noqa: E402
 from labkit.checkpoints.folder import INTERNVL2_2B_CONFIG, build_model, load_config, write_checkpoint  # noqa: E402
-from labkit.data.build import answer_sentence, make_record  # noqa: E402
+from labkit.data.answers import answer_sentence  # noqa: E402
+from labkit.data.build import make_record  # noqa: E402
 from labkit.data.dishes import DISHES  # noqa: E402
 from labkit.train.settings import course_gpu, tiny_lora_cpu  # noqa: E402
 

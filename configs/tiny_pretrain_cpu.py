@@ -1,6 +1,11 @@
 # XTuner config: InternVL2 full fine-tune on the CPU.
-# Rendered from labkit.train.settings (python -m labkit.train.settings render); edit PART 1 only,
-# or better, change the Settings and render again.
+# Generated from labkit.train.settings' preset tiny_pretrain_cpu() by `labkit configs render`.
+# An example, not a source: edit the preset (or your own Settings) and render again, not this
+# file; nothing reads it back, and tests/test_settings.py fails when it differs from a render.
+# What a student runs on it (XTuner's own trainer, from the repository root):
+#     python -m labkit.train.launch configs/tiny_pretrain_cpu.py --work-dir work_dirs/tiny_pretrain_cpu
+# Plain `xtuner train` opens no process group for a single process, and XTuner's InternVL model
+# asks for one on every step (labkit/train/launch.py explains).
 from mmengine.hooks import (CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook,
                             ParamSchedulerHook)
 from mmengine.optim import OptimWrapper, CosineAnnealingLR, LinearLR
@@ -33,8 +38,8 @@ weights_dtype = "float32"  # bfloat16 (how XTuner loads) | float32 (needs labkit
 gradient_checkpointing = True  # recompute activations in the backward pass: far less memory, about a third more compute
 
 # Data
-data_paths = ("runs/data/general/train.json",)  # annotation file(s): JSON list or JSONL
-image_folder = "runs/data/images"  # folder the annotations' image paths are relative to
+data_paths = ("data/general/train.json",)  # annotation file(s): JSON list or JSONL
+image_folder = "data/images"  # folder the annotations' image paths are relative to
 prompt_template = PROMPT_TEMPLATE.internlm2_chat  # prompt template name in xtuner.utils.PROMPT_TEMPLATE
 system_prompt = "auto"  # auto = the model folder's own template's system prompt (labkit's folders: XTuner's); None = XTuner's
 max_length = 2048  # longest token sequence; longer samples are cut
@@ -152,7 +157,7 @@ env_cfg = dict(
     dist_cfg=dict(backend="gloo"),  # gloo: a one-process group on the CPU
 )
 
-visualizer = None
+visualizer = None  # mmengine's default, which logs every loss to <work dir>/<time>/vis_data/scalars.json
 log_level = "INFO"
 load_from = None
 resume = False

@@ -37,7 +37,7 @@ COMMANDS = {
                           "write a random-weight checkpoint folder (--tiny, --config) or check one (--check)"),
     "base-model": Command("labkit.course.base_model:main",
                           "build, check or refresh-code the tiny pretrained base model"),
-    "configs": Command("labkit.train.settings:main",
+    "configs": Command("labkit.train.xtuner_config:main",
                        "render, check or show the XTuner configs made from the presets"),
     "convert": Command("labkit.convert.pipeline:main",
                        "merge an XTuner .pth checkpoint into a safetensors model folder, with checks"),

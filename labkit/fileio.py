@@ -14,6 +14,9 @@ Every writer in labkit goes through here, so three promises hold everywhere:
   (0644 / 0755 under umask 022), so others on a shared course server can read the data set,
   the configs and a converted model.
 
+It is also the one reader of a model's ``config.json`` (`read_config`), so a missing or broken
+file gets the same clear error wherever labkit meets it.
+
 ::
 
     from labkit import fileio
@@ -23,6 +26,7 @@ Every writer in labkit goes through here, so three promises hold everywhere:
         fig.savefig(tmp, format="png")
     stage = fileio.make_stage("models/tuned")               # build a folder ...
     fileio.publish_folder(stage, "models/tuned")            # ... and swap it in
+    config = fileio.read_config("models/tuned")             # its config.json, or a clear error
 """
 from __future__ import annotations
 
@@ -134,6 +138,43 @@ def json_kind(value) -> str:
         return "true/false"
     return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(type(value),
                                                                                               type(value).__name__)
+
+
+# -- reading a model's config.json ----------------------------------------------------------
+class ConfigError(ValueError):
+    """A ``config.json`` (or another JSON settings file) that is missing or not a JSON object."""
+
+
+def config_path(path_or_folder) -> Path:
+    """The ``config.json`` meant: ``path_or_folder`` itself, or the one inside a model folder."""
+    path = Path(path_or_folder)
+    return path / "config.json" if path.is_dir() else path
+
+
+def read_config(path_or_folder) -> dict:
+    """The JSON object in a model's ``config.json``; pass the file or the folder that holds it.
+
+    Every reader of ``config.json`` in labkit comes here. ConfigError (a ValueError) names the
+    file when it is missing, unreadable, not UTF-8, not JSON or not a JSON object. Other JSON
+    settings files of a checkpoint (its weight index, ``tokenizer_config.json``) read the same way.
+    """
+    path = config_path(path_or_folder)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist: pass the model folder or its config.json.") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text ({err}); restore the file or rebuild the checkpoint.") from None
+    except OSError as err:
+        raise ConfigError(f"{path} cannot be read ({err.strerror or err}); check the path and its permissions.") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON ({err}); restore the file or rebuild the checkpoint.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds a JSON {json_kind(data)}, not an object of settings "
+                          "({\"key\": value, ...}); restore the file or rebuild the checkpoint.")
+    return data
 
 
 # -- folders --------------------------------------------------------------------------------

@@ -364,20 +364,9 @@ def tiling_from_config(config: Any) -> Tiling:
     ``vision_config.patch_size``. With ``dynamic_image_size: false`` the image is one tile.
     """
     if isinstance(config, (str, os.PathLike)):
-        import json
+        from labkit.fileio import read_config
 
-        path = Path(config)
-        if path.is_dir():
-            path = path / "config.json"
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise ValueError(f"Cannot read the model config {path}: {err}") from err
-        if not isinstance(config, Mapping):
-            from labkit.fileio import json_kind
-
-            raise ValueError(f"The model config {path} holds a JSON {json_kind(config)}, not an object of "
-                             "settings; pass an InternVL2 config.json.")
+        config = read_config(config)
 
     vision = _get(config, "vision_config") or {}
     tile_size = _get(config, "force_image_size") or _get(vision, "image_size")

@@ -72,6 +72,14 @@ def test_truncated_weights(folder, keep):
         load_checkpoint(folder)  # checks before transformers reads anything
 
 
+def test_weights_with_bytes_after_the_tensors_are_refused(folder):
+    """safetensors wants the tensors to cover the file exactly; a longer file is not the one written."""
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes() + b"\0" * 16)
+    with pytest.raises(CheckpointError, match=re.escape(str(path)) + ": not a readable safetensors file .*not fully covered"):
+        check_model_folder(folder)
+
+
 def test_shard_listed_in_the_index_is_missing(folder):
     index = {"metadata": {}, "weight_map": {"mlp1.0.weight": "model-00001-of-00002.safetensors"}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index), encoding="utf-8")

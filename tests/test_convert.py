@@ -1,7 +1,7 @@
-"""labkit.convert.pipeline against XTuner itself, on the tiny checkpoint.
+"""labkit.convert (trained, merge, pipeline) against XTuner itself, on the tiny checkpoint.
 
 The checkpoints here are real XTuner checkpoints: XTuner's model class is built from a config
-rendered by labkit.train.settings (as ``xtuner train`` builds it), its LoRA adapters and projector are
+rendered by labkit.train.xtuner_config (as ``xtuner train`` builds it), its LoRA adapters and projector are
 moved away from their initial values (a fresh LoRA is a no-op: B starts at zero), and its
 ``state_dict()`` is saved in mmengine's layout, training log included. The reference logits come
 from XTuner's own forward pass, so the merged folder is checked against the model XTuner trained,
@@ -22,9 +22,11 @@ import torch
 
 pytest.importorskip("xtuner.model", reason="XTuner builds the checkpoints these tests convert")
 
+from labkit.convert import merge  # noqa: E402
 from labkit.convert import pipeline as conv  # noqa: E402
 from labkit.checkpoints.folder import check_model_folder, load_checkpoint, write_checkpoint  # noqa: E402
-from labkit.train.settings import render_config, tiny_lora_cpu, tiny_pretrain_cpu  # noqa: E402
+from labkit.train.settings import tiny_lora_cpu, tiny_pretrain_cpu  # noqa: E402
+from labkit.train.xtuner_config import render_config  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BF16_TOLERANCE = 0.02  # logits of a bf16 folder vs XTuner's fp32 model (measured 0.004-0.006)
@@ -168,9 +170,9 @@ def test_lora_pth_merges_into_a_folder_with_xtuners_logits(lora_run, base, tmp_p
     assert isinstance(report["fresh_answer"], str)
     # independently: the folder reproduces XTuner's own LoRA forward on another prompt
     merged = folder_logits(out, lora_run.inputs)
-    diff = conv.max_diff(merged, lora_run.reference)
+    diff = merge.max_diff(merged, lora_run.reference)
     assert diff <= 1e-4, diff
-    assert conv.max_diff(lora_run.base_logits, lora_run.reference) > 1000 * max(diff, 1e-6)
+    assert merge.max_diff(lora_run.base_logits, lora_run.reference) > 1000 * max(diff, 1e-6)
     # and it is a plain InternVL2 folder: base parameter names, no adapter left
     assert set(weights_of(out)) == set(weights_of(base))
     check_model_folder(out)
@@ -193,9 +195,9 @@ def test_default_bf16_folder_is_sharded_with_an_index(lora_run, base, tmp_path):
     report = conv.read_report(out)
     assert report["shards"] == len(shards)
     assert report["weight_bytes"] == sum((out / s).stat().st_size for s in shards)
-    diff = conv.max_diff(folder_logits(out, lora_run.inputs), lora_run.reference)
+    diff = merge.max_diff(folder_logits(out, lora_run.inputs), lora_run.reference)
     assert diff <= BF16_TOLERANCE, diff
-    assert diff * 10 < conv.max_diff(lora_run.base_logits, lora_run.reference)
+    assert diff * 10 < merge.max_diff(lora_run.base_logits, lora_run.reference)
 
 
 def test_full_finetune_checkpoint_replaces_the_weights(base, gloo, tmp_path):
@@ -224,7 +226,7 @@ def test_xtuners_own_model_class_in_bf16_converts_too(base, gloo, tmp_path):
     out = conv.convert(config, pth, tmp_path / "plain-fp32", dtype="float32", verify=False, quiet=True)
     base_model, tokenizer = load_checkpoint(base)
     inputs = probe_of_our_own(base_model, tokenizer)
-    diff = conv.max_diff(folder_logits(out, inputs), xtuner_logits(xt_model, inputs))
+    diff = merge.max_diff(folder_logits(out, inputs), xtuner_logits(xt_model, inputs))
     assert diff <= 1e-4, diff
 
 
@@ -357,14 +359,14 @@ def test_xtuners_convert_to_official_works_on_the_tiny_model(lora_run, tmp_path)
     config = check_model_folder(out)  # config, remote code named by auto_map, weights, tokenizer
     assert config["auto_map"]["AutoModel"] == "modeling_internvl_chat.InternVLChatModel"
     assert (out / "modeling_internvl_chat.py").is_file()
-    fresh = conv.run_fresh_process_check(out, dict(lora_run.inputs, image_flags=torch.ones(1, 1)))
+    fresh = merge.run_fresh_process_check(out, dict(lora_run.inputs, image_flags=torch.ones(1, 1)))
     assert isinstance(fresh["answer"], str)
-    diff = conv.max_diff(fresh["logits"], lora_run.reference)
+    diff = merge.max_diff(fresh["logits"], lora_run.reference)
     assert diff <= BF16_TOLERANCE, diff
     # XTuner merges in bf16, labkit in fp32 then rounds once: the same weights up to bf16 rounding
     ours = weights_of(conv.convert(lora_run.config, lora_run.pth, tmp_path / "labkit", verify=False, quiet=True))
     theirs = weights_of(out)
     assert set(ours) == set(theirs)
-    worst = max(conv.max_diff(ours[k].float(), theirs[k].float()) / (theirs[k].float().abs().max() + 1e-6)
+    worst = max(merge.max_diff(ours[k].float(), theirs[k].float()) / (theirs[k].float().abs().max() + 1e-6)
                 for k in ours)
     assert worst <= 2 ** -6, worst

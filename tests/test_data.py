@@ -2,14 +2,17 @@
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from labkit.data import build as data, dishes
+from labkit.data import answers, build as data, dishes
 from labkit.data.validate import validate
+
+TINY_SIZES = {"general": {"train": 1, "val": 0, "test": 0}, "food": {"train": 1, "val": 0, "test": 0}}
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"general": {"train": 2, "val": 1, "test": 1}, "food": {"train": 2, "val": 1, "test": 1}}
@@ -89,8 +92,8 @@ def test_answers_name_the_pictured_dish_in_the_sentence_form(built):
         human, gpt = record["conversations"]
         assert human["value"].startswith("<image>\n") and human["value"].count("<image>") == 1
         dish = dishes.get_dish(record["id"].split("-")[2])
-        assert data.expected_form(gpt["value"]) and data.answer_dish(gpt["value"]) == dish.name
-        letter = data.answer_choice(gpt["value"])
+        assert answers.expected_form(gpt["value"]) and answers.answer_dish(gpt["value"]) == dish.name
+        letter = answers.answer_choice(gpt["value"])
         if data.CHOICE_QUESTION in human["value"]:
             kinds.add("choice")
             assert f"{letter}. {dish.name}" in human["value"]
@@ -148,16 +151,57 @@ def test_is_current_knows_a_build_from_older_defaults(tmp_path):
     assert not data.is_current(root, seed=4, sizes=sizes)
 
 
-def test_workspace_rebuilds_data_built_with_older_defaults(tmp_path, monkeypatch):
+def test_the_course_data_is_built_once_where_only_its_readme_lies(tmp_path, monkeypatch):
     from labkit.course import workspace
-    sizes = {"general": {"train": 1, "val": 0, "test": 0}, "food": {"train": 1, "val": 0, "test": 0}}
-    cache = tmp_path / "cache"
-    data.build_datasets(cache / "data", seed=0, sizes=sizes, held_back_factor=1)
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "README.md").write_text("说明", encoding="utf-8")
     calls = []
-    monkeypatch.setattr(workspace.food_data, "build_datasets",
-                        lambda root, overwrite: calls.append((Path(root), overwrite)))
-    workspace.Workspace(tmp_path / "run", cache).data()
-    assert calls == [(cache / "data", True)]
+    monkeypatch.setattr(data, "build_datasets", lambda out: calls.append(Path(out)) or data.data_paths(out))
+    paths = workspace.Workspace(tmp_path / "run", tmp_path / "cache", root).data()
+    assert calls == [root] and paths["food"]["train"] == root / "food" / "train.json"
+    assert paths["image_folder"] == root / "images"
+
+
+def test_a_build_keeps_the_folders_readme(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "README.md").write_text("说明", encoding="utf-8")
+    data.build_datasets(root, sizes=TINY_SIZES)
+    data.build_datasets(root, sizes=TINY_SIZES, overwrite=True)
+    assert (root / "README.md").read_text(encoding="utf-8") == "说明" and (root / "manifest.json").is_file()
+
+
+def test_stale_or_foreign_data_folders_are_refused_and_left_alone(tmp_path):
+    from labkit.course import workspace
+    stale = tmp_path / "stale"
+    data.build_datasets(stale, seed=0, sizes=TINY_SIZES)  # not the course's default sizes
+    before = sorted(p.relative_to(stale) for p in stale.rglob("*"))
+    with pytest.raises(FileExistsError, match=re.escape(str(stale)) + " holds a food set built with other "
+                       r"settings.*seed=0, sizes_per_dish=.*build build .*--overwrite"):
+        workspace.Workspace(tmp_path / "run", tmp_path / "cache", stale).data()
+    assert sorted(p.relative_to(stale) for p in stale.rglob("*")) == before
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(FileExistsError, match=re.escape(str(foreign)) + " holds files but no manifest.json"):
+        data.course_data(foreign)
+    assert [p.name for p in foreign.iterdir()] == ["thesis.txt"]
+
+
+def test_the_course_data_lives_in_the_repositorys_data_folder(tmp_path):
+    """The main job, the notebooks' default and the rendered XTuner configs all point at data/."""
+    from labkit.course import main, workspace
+    from labkit.fileio import REPO_ROOT
+    from labkit.train import settings
+
+    assert data.DATA_DIR == main.DEFAULT_DATA == REPO_ROOT / "data"
+    assert workspace.Workspace(tmp_path / "run", tmp_path / "cache", "").data_dir == data.DATA_DIR
+    lora = settings.tiny_lora_cpu()
+    assert (REPO_ROOT / lora.data_paths[0]).parent.parent == data.DATA_DIR
+    assert REPO_ROOT / lora.image_folder == data.DATA_DIR / data.IMAGE_FOLDER
+    assert 'data_paths = ("data/food/train.json",)' in (REPO_ROOT / "configs" / "tiny_lora_food_cpu.py").read_text()
+    assert (REPO_ROOT / "data" / "README.md").is_file()
 
 
 def test_bad_sizes_are_explained():
@@ -178,7 +222,7 @@ def test_bad_sizes_are_explained():
     (None, None),
 ])
 def test_answer_dish(text, dish):
-    assert data.answer_dish(text) == dish
+    assert answers.answer_dish(text) == dish
 
 
 @pytest.mark.parametrize("text, ok", [
@@ -187,7 +231,7 @@ def test_answer_dish(text, dish):
     ("图中的菜是肠粉。很好吃。", False), ("", False),
 ])
 def test_expected_form(text, ok):
-    assert data.expected_form(text) is ok
+    assert answers.expected_form(text) is ok
 
 
 def test_load_samples_reads_back_what_was_written(built):

@@ -5,7 +5,7 @@ import hashlib
 import pytest
 from PIL import Image
 
-from labkit.data import dishes, paint as render
+from labkit.data import dishes, paint as render, pieces as piece_painters
 from labkit.tiling import count_tiles
 
 
@@ -36,7 +36,7 @@ def test_held_back_dishes_look_unlike_every_known_dish():
             assert all(dish.look.container != k.container for k in known), dish.name
     pieces = [d.look.piece for d in dishes.DISHES]
     assert len(set(pieces)) == len(pieces)  # every dish has its own piece painter
-    assert set(pieces) <= set(render.PIECE_PAINTERS)
+    assert set(pieces) <= set(piece_painters.PIECE_PAINTERS)
     assert {d.look.container for d in dishes.DISHES} <= set(render.CONTAINER_PAINTERS)
     assert {d.look.arrangement for d in dishes.DISHES} <= set(render.ARRANGERS)
 

@@ -5,6 +5,7 @@ Real files and folders in pytest's tmp_path; the umask is set explicitly and put
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -105,7 +106,7 @@ def test_a_written_checkpoint_is_readable_by_others_and_spares_dot_old(tmp_path,
 
 
 def test_data_sets_and_configs_are_readable_by_others(tmp_path, umask):
-    from labkit.train import settings
+    from labkit.train import settings, xtuner_config
     from labkit.data.build import build_datasets
 
     sizes = {"general": {"train": 0, "val": 0, "test": 0}, "food": {"train": 0, "val": 0, "test": 1}}
@@ -114,7 +115,7 @@ def test_data_sets_and_configs_are_readable_by_others(tmp_path, umask):
     assert mode(built["root"]) == 0o777 & ~umask
     for path in (built["manifest"], built["food"]["test"], picture):
         assert mode(path) == 0o666 & ~umask, path
-    config = settings.write_config(settings.tiny_lora_cpu(), tmp_path / "configs" / "food.py")
+    config = xtuner_config.write_config(settings.tiny_lora_cpu(), tmp_path / "configs" / "food.py")
     assert mode(config) == 0o666 & ~umask
     assert hidden(tmp_path) == [] and hidden(tmp_path / "configs") == []
 
@@ -128,3 +129,36 @@ def test_figures_and_reports_are_readable_by_others(tmp_path, umask):
     for path in (curve, sheet):
         assert mode(path) == 0o666 & ~umask and path.read_bytes()[:4] == b"\x89PNG"
     assert hidden(tmp_path) == []
+
+
+def test_read_config_takes_the_file_or_its_folder_and_names_a_bad_one(tmp_path):
+    (tmp_path / "config.json").write_text('{"template": "模板"}', encoding="utf-8")
+    assert fileio.read_config(tmp_path) == fileio.read_config(tmp_path / "config.json") == {"template": "模板"}
+    for text, problem in [(None, "does not exist"), ("{not json", "is not valid JSON"),
+                          ("[1, 2]", "holds a JSON array, not an object")]:
+        folder = tmp_path / problem.replace(" ", "_")
+        folder.mkdir()
+        if text is not None:
+            (folder / "config.json").write_text(text, encoding="utf-8")
+        with pytest.raises(fileio.ConfigError, match=re.escape(f"{folder / 'config.json'} {problem}")):
+            fileio.read_config(folder)
+    (tmp_path / "latin1.json").write_bytes(b'{"name": "\xe9"}')
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "latin1.json")) + " is not UTF-8"):
+        fileio.read_config(tmp_path / "latin1.json")
+
+
+def test_one_reader_of_config_json_and_one_count_of_image_tokens():
+    """The checkpoint writer, the planner, the tiling and the reference model share the two facts."""
+    from labkit.checkpoints import folder, reference
+    from labkit.tiling import tiling_from_config, tokens_per_tile
+    from labkit.train import plan
+
+    config = folder.load_config(folder.INTERNVL2_2B_CONFIG)
+    assert config == fileio.read_config(folder.INTERNVL2_2B_CONFIG)
+    assert plan.read_model_shape(folder.INTERNVL2_2B_CONFIG).num_image_token == tokens_per_tile(448, 14, 0.5) == 256
+    assert tiling_from_config(folder.INTERNVL2_2B_CONFIG).tokens_per_tile == 256
+    tiny = folder.tiny_config()
+    assert plan.read_model_shape(tiny).num_image_token == tiling_from_config(tiny).tokens_per_tile == 16
+    from labkit.model.configuration_internvl_chat import InternVLChatConfig
+
+    assert reference.reference_config(InternVLChatConfig(**tiny), image_token_id=1).image_seq_length == 16

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -53,13 +54,17 @@ def test_tiny_lora_run_trains_the_planned_iterations(finished):
     assert result.checkpoint == result.work_dir / "xtuner" / "iter_8.pth" and result.checkpoint.is_file()
     assert [i for i, _ in result.losses] == list(range(1, 9)) and seen == result.losses
     assert all(loss > 0 for _, loss in result.losses)
-    assert result.loss_curve.is_file() and result.loss_curve.read_bytes()[:4] == b"\x89PNG"
+    # The losses are mmengine's JSON record; the log lines show the same values rounded to 4 digits.
+    assert result.losses == finetune.read_losses(result.work_dir / "xtuner")
     log = result.log_path.read_text(encoding="utf-8")
+    printed = [float(m) for m in re.findall(r"Iter\(train\) \[\s*\d+/\s*8\].*?\bloss: ([0-9.]+)", log)]
+    assert printed == pytest.approx([loss for _, loss in result.losses], abs=5e-5)
+    assert result.loss_curve.is_file() and result.loss_curve.read_bytes()[:4] == b"\x89PNG"
     assert "Traceback" not in log and "LeanInternVL: the output head runs on" in log
 
 
 def test_checkpoint_holds_lora_adapters_and_the_projector(finished):
-    from labkit.convert.pipeline import read_trained_weights
+    from labkit.convert.trained import read_trained_weights
 
     keys = read_trained_weights(finished[0].checkpoint).keys()
     assert any("lora_A" in k for k in keys) and any(k.startswith("model.mlp1.") for k in keys)
@@ -147,11 +152,38 @@ def test_bad_settings_never_reach_a_run():
         settings.tiny_lora_cpu().replace(epochs=3)
 
 
-def test_log_lines_are_parsed_as_mmengine_writes_them():
+def test_log_lines_give_xtuners_planned_total():
     line = ("11/29 12:08:07 - mmengine - INFO - Iter(train) [ 48/120]  lr: 1.9215e-05  eta: 0:00:06  "
             "time: 4.2410  data_time: 0.1155  grad_norm: 0.9913  loss: 0.6385")
-    assert finetune.parse_log_line(line) == (48, 120, 0.6385)
+    assert finetune.parse_log_line(line) == (48, 120)
     assert finetune.parse_log_line("Iter(val) [1/2]") is None
+
+
+def test_losses_are_read_as_mmengine_writes_them(tmp_path):
+    """mmengine's own LocalVisBackend writes the file (as its LoggerHook does); NaN stays NaN."""
+    import math
+
+    from mmengine.visualization import LocalVisBackend
+
+    xtuner_dir = tmp_path / "xtuner"
+    backend = LocalVisBackend(str(xtuner_dir / "20250101_000000" / "vis_data"))
+    follower = finetune.ScalarsFollower(xtuner_dir)
+    assert finetune.read_losses(xtuner_dir) == [] and follower.new_records() == []
+    for step, loss in [(1, 2.3456789), (2, 1.25), (3, math.nan)]:
+        backend.add_scalars({"lr": 1e-3, "loss": loss, "grad_norm": 0.5, "iter": step}, step=step,
+                            file_path="20250101_000000.json")
+        if step == 1:
+            assert finetune.losses_of(follower.new_records()) == [(1, 2.3456789)]  # live, full precision
+    losses = finetune.read_losses(xtuner_dir)
+    assert losses[:2] == [(1, 2.3456789), (2, 1.25)] and losses[2][0] == 3 and math.isnan(losses[2][1])
+    assert finetune.losses_of(follower.new_records())[0] == (2, 1.25)
+    with pytest.raises(TrainingError, match="not a finite number .*iteration 3: nan"):
+        finetune.check_losses(losses, tmp_path / "train.log")
+    scalars = finetune.scalars_file(xtuner_dir)
+    assert scalars == xtuner_dir / "20250101_000000" / "vis_data" / "scalars.json"
+    scalars.write_bytes(scalars.read_bytes() + b'{"loss": 1.0, "step": 4\n')
+    with pytest.raises(TrainingError, match=re.escape(str(scalars)) + ", line 4: not a JSON record"):
+        finetune.read_losses(xtuner_dir)
 
 
 def test_commands_for_each_hardware_path(tmp_path):

@@ -142,3 +142,14 @@ def test_comparison_shows_the_fine_tune_teaching_cheung_fun(course_run):
     text = (run_dir / "report.md").read_text(encoding="utf-8")
     assert "figures/confusion.png" in text and "肠粉" in text
     assert report.name == "report.html" and "<table>" in report.read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_every_exercise_passes_with_the_reference_solutions(course_run):
+    from labkit.course import exercises
+
+    run_dir, _ = course_run
+    recorded = exercises.read_results(run_dir)
+    expected = [e.id for name in NOTEBOOKS for e in exercises.exercises_of(name)]
+    assert expected and sorted(recorded) == sorted(expected)
+    assert all(recorded[i]["passed"] for i in expected), recorded

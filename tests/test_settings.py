@@ -1,4 +1,5 @@
-"""labkit.train.settings: one typed source of every knob, and the XTuner configs rendered from it."""
+"""labkit.train.settings and labkit.train.xtuner_config: one typed source of every knob, and the
+XTuner configs rendered from it."""
 from __future__ import annotations
 
 import subprocess
@@ -7,11 +8,11 @@ import sys
 import pytest
 import torch
 
+from labkit.fileio import REPO_ROOT
 from labkit.train import settings as S
+from labkit.train import xtuner_config as X
 from labkit.train.settings import Settings, SettingsError  # noqa: F401
 from fixtures_model import tiny_checkpoint  # noqa: F401,E402
-
-REPO_ROOT = S.REPO_ROOT
 
 
 def test_course_gpu_holds_the_course_values():
@@ -92,17 +93,27 @@ def test_a_failed_replace_leaves_the_original_untouched():
 
 # -- rendering ----------------------------------------------------------------------------
 def test_committed_configs_equal_their_render():
-    assert S.stale_configs() == [], "run `python -m labkit.train.settings render` and commit configs/"
+    assert X.stale_configs() == [], f"run `{X.RENDER_COMMAND}` and commit configs/"
+
+
+def test_committed_configs_say_they_are_generated():
+    for name, preset in X.CONFIG_FILES.items():
+        head = (REPO_ROOT / "configs" / name).read_text(encoding="utf-8").split("from mmengine")[0]
+        assert f"Generated from labkit.train.settings' preset {preset}()" in head and X.RENDER_COMMAND in head
+        assert "not this\n# file" in head and f"labkit.train.launch configs/{name}" in head
+        assert "edit PART 1" not in head
+    with pytest.raises(SettingsError, match="preset='mine'"):
+        X.render_config(S.tiny_lora_cpu(), preset="mine")
 
 
 def test_settings_check_command():
-    done = subprocess.run([sys.executable, "-m", "labkit.train.settings", "check"], cwd=REPO_ROOT,
+    done = subprocess.run([sys.executable, "-m", "labkit", "configs", "check"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_render_puts_part1_first_with_every_knob(tmp_path):
-    text = S.render_config(S.course_gpu())
+    text = X.render_config(S.course_gpu())
     part1 = text.index("PART 1  Settings")
     assert part1 < text.index("PART 2") < text.index("PART 3") < text.index("PART 4") < text.index("PART 5")
     block = text[part1:text.index("PART 2")]
@@ -114,7 +125,7 @@ def test_render_puts_part1_first_with_every_knob(tmp_path):
 def _load(settings, tmp_path, num_samples=None):
     from mmengine.config import Config
 
-    path = S.write_config(settings, tmp_path / "cfg.py", num_samples=num_samples)
+    path = X.write_config(settings, tmp_path / "cfg.py", num_samples=num_samples)
     return Config.fromfile(str(path))
 
 
@@ -227,6 +238,6 @@ def test_several_annotation_files_build_one_xtuner_dataset(tmp_path, tiny_checkp
     data = build_datasets(tmp_path / "data", sizes=sizes, held_back_factor=1)
     s = S.tiny_lora_cpu().replace(model_path=str(tiny_checkpoint), image_folder=str(data["image_folder"]),
                                   data_paths=[str(data["food"]["train"]), str(data["general"]["train"])])
-    cfg = Config.fromfile(str(S.write_config(s, tmp_path / "cfg.py", num_samples=23)))
+    cfg = Config.fromfile(str(X.write_config(s, tmp_path / "cfg.py", num_samples=23)))
     dataset = BUILDER.build(cfg.train_dataset)
     assert len(dataset) == 13 + 10

@@ -35,6 +35,8 @@ Usage (any labkit or official InternVL2 model with an InternLM2 language model):
 import inspect
 import re
 
+from labkit.tiling import tokens_per_tile
+
 # (labkit pattern, transformers replacement) applied to every name that is not split below.
 _RENAMES = [
     (r"^vision_model\.embeddings\.class_embedding$", "model.vision_tower.embeddings.cls_token"),
@@ -173,7 +175,7 @@ def reference_config(config, image_token_id):
         vision_config=vision,
         text_config=_text_config(config.llm_config),
         image_token_id=image_token_id,
-        image_seq_length=int((tile // vit.patch_size) ** 2 * config.downsample_ratio**2),
+        image_seq_length=tokens_per_tile(tile, vit.patch_size, config.downsample_ratio),
         downsample_ratio=config.downsample_ratio,
         projector_hidden_act="gelu",
         vision_feature_layer=config.select_layer,

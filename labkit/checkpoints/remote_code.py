@@ -29,10 +29,11 @@ from __future__ import annotations
 import ast
 import contextlib
 import importlib.util
-import json
 import logging
 import sys
 from pathlib import Path
+
+from labkit import fileio
 
 CHECKED_TRANSFORMERS = "4.57.6"
 SERVED_TRANSFORMERS = ("4.37", "5")  # the layer runs for versions in [first, second)
@@ -180,7 +181,7 @@ class FolderTemplates:
 
 def folder_template(folder):
     """``(template name, its system prompt)`` that a model folder's ``config.json`` names."""
-    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    config = fileio.read_config(folder)
     name = config.get("template") or "internlm2-chat"
     return name, FolderTemplates(folder).system_message(name)
 

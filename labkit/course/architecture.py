@@ -9,12 +9,12 @@ the model's own ``extract_feature``.
 """
 import functools
 import inspect
-import json
 import sys
 from dataclasses import dataclass
 
 import torch
 
+from labkit import fileio
 from labkit.checkpoints.folder import INTERNVL2_2B_CONFIG, build_model
 from labkit.chat.prompt import IMG_CONTEXT, render_prompt
 from labkit.checkpoints.remote_code import FolderTemplates
@@ -182,7 +182,7 @@ def format_table(rows):
 
 def full_size_model(config_path=INTERNVL2_2B_CONFIG):
     """InternVL2-2B's real architecture on the meta device: shapes and counts, no memory."""
-    config = json.loads(open(config_path, encoding="utf-8").read())
+    config = fileio.read_config(config_path)
     return build_model(config, device="meta")
 
 

@@ -133,7 +133,7 @@ def build(out_dir, seed=DEFAULT_SEED, data_root=None, work_dir=None, overwrite=F
     """
     from labkit import fileio
     from labkit.checkpoints.folder import _prepare_out_dir, _publish, write_checkpoint
-    from labkit.convert.pipeline import convert
+    from labkit.convert import convert
     from labkit.data.build import build_datasets
     from labkit.train.finetune import train
 

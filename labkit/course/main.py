@@ -1,9 +1,11 @@
 """The main job: run the whole course headless on the tiny default and write a report.
 
-    labkit run [--run-dir runs/NAME] [--cache-dir .cache/labkit]
+    labkit run [--run-dir runs/NAME] [--cache-dir .cache/labkit] [--data-dir data]
 
-1. make sure the tiny base model and the food data exist (built once into the cache folder),
-2. execute notebooks 01-05 in order with papermill, each with the run folder as a parameter,
+1. make sure the food data exist (built once into ``data/``; a folder holding anything else is
+   refused before any notebook runs),
+2. execute notebooks 01-05 in order with papermill, each with the run, cache and data folders
+   among its parameters (a notebook gets only the parameters its ``parameters`` cell declares),
    with the exercises' reference solutions filled in (``labkit.course.exercises.solve_notebook``;
    ``--no-solutions`` runs the student copies as committed), and stop at the first notebook
    whose exercise checks did not all pass,
@@ -15,6 +17,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from labkit.data.build import DATA_DIR as DEFAULT_DATA
 from labkit.fileio import REPO_ROOT
 
 NOTEBOOKS = [
@@ -36,7 +39,7 @@ class ExerciseCheckError(RuntimeError):
 
 
 def run_course(run_dir=None, cache_dir=DEFAULT_CACHE, notebooks=NOTEBOOKS, parameters=None, progress=True,
-               solutions=True):
+               data_dir=DEFAULT_DATA, solutions=True):
     """Execute the notebooks in order into ``run_dir``; return the report path.
 
     ``solutions``: run each notebook with its exercise cells replaced by the reference solutions
@@ -45,16 +48,24 @@ def run_course(run_dir=None, cache_dir=DEFAULT_CACHE, notebooks=NOTEBOOKS, param
     from labkit import fileio
     run_dir = fileio.check_folder_target(Path(run_dir or new_run_dir()), "run folder (--run-dir)")
     fileio.check_folder_target(Path(cache_dir), "cache folder (--cache-dir)")
+    data_dir = fileio.check_folder_target(Path(data_dir), "data folder (--data-dir)")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir} already holds a run; choose a new --run-dir (nothing was changed).")
     import papermill
 
     from labkit.course import exercises
     from labkit.course.report import write_report
+    from labkit.data.build import course_data
 
+    declared = {name: papermill.inspect_notebook(str(REPO_ROOT / "notebooks" / name)) for name in notebooks}
+    unknown = sorted(set(parameters or {}) - {key for keys in declared.values() for key in keys})
+    if unknown:
+        raise ValueError(f"parameters {', '.join(unknown)}: no notebook declares them in its parameters cell.")
+    course_data(data_dir)  # built once; a stale or foreign folder is refused before any notebook runs
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     (run_dir / "figures").mkdir(exist_ok=True)
-    params = {"run_dir": str(run_dir.resolve()), "cache_dir": str(Path(cache_dir).resolve()), "device": "cpu"}
+    params = {"run_dir": str(run_dir.resolve()), "cache_dir": str(Path(cache_dir).resolve()),
+              "data_dir": str(data_dir.resolve()), "device": "cpu"}
     params.update(parameters or {})
     record = {"started": datetime.now().isoformat(timespec="seconds"), "notebooks": [], "parameters": params,
               "solutions": solutions}
@@ -70,7 +81,7 @@ def run_course(run_dir=None, cache_dir=DEFAULT_CACHE, notebooks=NOTEBOOKS, param
             papermill.execute_notebook(
                 str(source),
                 str(run_dir / "notebooks" / name),
-                parameters=params,
+                parameters={key: value for key, value in params.items() if key in declared[name]},
                 cwd=str(REPO_ROOT / "notebooks"),
                 progress_bar=progress,
                 kernel_name="python3",
@@ -98,11 +109,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="labkit run", description="Run the whole course headless.")
     parser.add_argument("--run-dir", type=Path, default=None, help="where to put this run (default runs/DATE-TIME)")
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("LABKIT_CACHE", DEFAULT_CACHE)))
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
+                        help="the course's food set (default data/, built there once)")
     parser.add_argument("--no-solutions", dest="solutions", action="store_false",
                         help="run the notebooks as committed, exercises unfilled (default: reference solutions)")
     args = parser.parse_args(argv)
     try:
-        run_course(args.run_dir, args.cache_dir, solutions=args.solutions)
+        run_course(args.run_dir, args.cache_dir, data_dir=args.data_dir, solutions=args.solutions)
     except ExerciseCheckError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,9 +1,11 @@
 """Where a notebook finds its inputs and leaves its results.
 
-Two folders: the *cache* holds what is built once and reused (the food pictures and the tiny
-base model); the *run* folder holds what one pass through the course produces (figures, the
-fine-tuned checkpoint, the converted model, JSON results the report reads). Each notebook takes
-both as parameters, so papermill, the main job and a student at the keyboard use the same code.
+Three folders: the *data* folder holds the course's food set (the repository's ``data/``, built
+there once); the *cache* holds what else is built once and reused (the tiny base model, when it
+is not the committed one); the *run* folder holds what one pass through the course produces
+(figures, the fine-tuned checkpoint, the converted model, JSON results the report reads). Each
+notebook takes them as parameters, so papermill, the main job and a student at the keyboard use
+the same code.
 """
 import json
 from pathlib import Path
@@ -14,29 +16,25 @@ RESULT_FILES = ("architecture.json", "baseline.json", "finetune.json", "conversi
 
 
 class Workspace:
-    def __init__(self, run_dir, cache_dir):
+    def __init__(self, run_dir, cache_dir, data_dir=None):
+        """``data_dir``: the food set's folder; empty or None means the repository's ``data/``."""
         self.run_dir = fileio.check_folder_target(Path(run_dir).resolve(), "run folder (run_dir)")
         self.cache_dir = fileio.check_folder_target(Path(cache_dir).resolve(), "cache folder (cache_dir)")
+        self.data_dir = fileio.check_folder_target(Path(data_dir or food_data.DATA_DIR).resolve(),
+                                                   "data folder (data_dir)")
         (self.run_dir / "figures").mkdir(parents=True, exist_ok=True)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._data = None
 
     # -- inputs built once ----------------------------------------------------------------
-    @property
-    def data_root(self):
-        return self.cache_dir / "data"
-
     def data(self):
-        """The food data set (built into the cache on first use): paths by subset and split."""
+        """The food data set (built into ``data_dir`` on first use): paths by subset and split.
+
+        A ``data_dir`` that holds something else (a build with other settings, foreign files) is
+        refused with a message saying what to do (`labkit.data.build.course_data`).
+        """
         if self._data is None:
-            root = self.data_root
-            if not food_data.is_current(root):  # missing, or built with older defaults
-                food_data.build_datasets(root, overwrite=root.exists())
-            self._data = {
-                "root": root,
-                "image_folder": root / food_data.IMAGE_FOLDER,
-                **{s: {p: root / s / f"{p}.json" for p in food_data.SPLITS} for s in food_data.SUBSETS},
-            }
+            self._data = food_data.course_data(self.data_dir)
         return self._data
 
     def base_model(self):

@@ -18,8 +18,9 @@ FoodieQA-style multiple choice ("图中的菜是哪一道？ A. 叉烧 B. 肠粉
 "B，图中的菜是肠粉。"). Each picture is rendered once and belongs to exactly one subset and split,
 so no test picture was ever seen in training. Everything follows from the seed.
 
-    labkit data build data/ --seed 0
-    labkit data build data/ --overwrite --sizes '{"food": {"train": 30}}'
+    labkit data build                   # the course's set, into data/
+    labkit data build other/ --seed 1
+    labkit data build other/ --overwrite --sizes '{"food": {"train": 30}}'
     labkit data sheet dishes.png        # a contact sheet of every dish
 
 Layout written:
@@ -27,6 +28,9 @@ Layout written:
     OUT_ROOT/images/{general,food}/{train,val,test}/<dish key>-<n>.jpg
     OUT_ROOT/{general,food}/{train,val,test}.json
     OUT_ROOT/manifest.json
+
+The course's own set (seed 0, default sizes) lives in the repository's `data/` folder
+(`DATA_DIR`), next to a README.md that a build keeps; `course_data()` builds it there once.
 """
 
 from __future__ import annotations
@@ -35,7 +39,6 @@ import argparse
 import copy
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -45,7 +48,9 @@ from pathlib import Path
 import numpy as np
 
 from labkit import fileio
-from labkit.data.dishes import ANSWER_PREFIX, CHOICE_QUESTION, DISHES, OPEN_QUESTIONS, dish_names
+from labkit.fileio import REPO_ROOT
+from labkit.data.answers import OPTION_LETTERS, answer_dish, answer_sentence
+from labkit.data.dishes import CHOICE_QUESTION, DISHES, OPEN_QUESTIONS
 from labkit.data.paint import render_dish, save_jpeg, stable_seed
 from labkit.data.validate import IMAGE_TAG, read_annotations, validate
 
@@ -61,17 +66,12 @@ DEFAULT_SIZES = {
 HELD_BACK_TRAIN_FACTOR = 2
 MC_FRACTION = 0.3  # share of multiple-choice questions; the rest are open questions
 
-OPTION_LETTERS = "ABCD"
 IMAGE_FOLDER = "images"
+DATA_DIR = REPO_ROOT / "data"  # where the course's food set is built (ignored by git but its README)
+NOTE = "README.md"  # a note beside the data (data/README.md): kept by a build, never counted as data
 
 
-# ----------------------------------------------------------------------------- sentences
-
-
-def answer_sentence(name: str, letter: str | None = None) -> str:
-    """The one answer form: "图中的菜是肠粉。", or "B，图中的菜是肠粉。" for a multiple choice."""
-    sentence = f"{ANSWER_PREFIX}{name}。"
-    return sentence if letter is None else f"{letter}，{sentence}"
+# ----------------------------------------------------------------------------- questions and records
 
 
 def choice_question(options: list[str]) -> str:
@@ -107,47 +107,7 @@ def make_record(record_id: str, image: str, size: tuple[int, int], question: str
     }
 
 
-# ----------------------------------------------------------------------------- reading answers
-
-
-def _name_pattern() -> re.Pattern:
-    """Dish names, longest first, so that 叉烧包 is found before 叉烧."""
-    names = sorted(dish_names(), key=len, reverse=True)
-    return re.compile("|".join(re.escape(name) for name in names))
-
-
-_NAMES = _name_pattern()
-_FORM = re.compile(rf"^(?:[{OPTION_LETTERS}]，)?{ANSWER_PREFIX}([^，。,.\s]+)。$")
-
-
-def answer_dish(text: str) -> str | None:
-    """The dish a model's answer names, or None when it names none or several different ones.
-
-    "B，图中的菜是肠粉。" -> "肠粉"; "这是叉烧包" -> "叉烧包" (not 叉烧); "我不知道" -> None.
-    When the answer uses the sentence form, the name right after "图中的菜是" wins.
-    """
-    if not isinstance(text, str):
-        return None
-    at = text.find(ANSWER_PREFIX)
-    if at >= 0:
-        found = _NAMES.match(text, at + len(ANSWER_PREFIX))
-        if found:
-            return found.group(0)
-    named = set(_NAMES.findall(text))
-    return named.pop() if len(named) == 1 else None
-
-
-def answer_choice(text: str) -> str | None:
-    """The option letter a multiple-choice answer starts with ("B，图中的菜是肠粉。" -> "B")."""
-    if not isinstance(text, str):
-        return None
-    found = re.match(r"^\s*[（(]?([A-H])(?:[）)]|[，,.。:：\s]|$)", text)
-    return found.group(1) if found else None
-
-
-def expected_form(text: str) -> bool:
-    """True when `text` is exactly "图中的菜是<名>。", optionally led by "A，" ... "D，"."""
-    return isinstance(text, str) and _FORM.match(text.strip()) is not None
+# ----------------------------------------------------------------------------- reading records
 
 
 @dataclass(frozen=True)
@@ -193,13 +153,18 @@ def resolve_sizes(sizes: dict | None) -> dict:
     return merged
 
 
+def _holds_files(out_root: Path) -> bool:
+    """True when `out_root` holds anything but its README.md note."""
+    return any(item.name != NOTE for item in out_root.iterdir())
+
+
 def _prepare_destination(out_root: Path, overwrite: bool) -> None:
     """Refuse to replace a non-empty folder unless asked, and never one that is not ours."""
     if not out_root.exists():
         return
     if not out_root.is_dir():
         raise FileExistsError(f"{out_root} exists and is not a folder; choose another OUT_ROOT.")
-    if not any(out_root.iterdir()):
+    if not _holds_files(out_root):
         return
     if not overwrite:
         raise FileExistsError(
@@ -297,14 +262,59 @@ def build_datasets(out_root: str | os.PathLike, seed: int = 0, sizes: dict | Non
             "build_seconds": round(time.perf_counter() - started, 2),
         }
         _write_json(stage / "manifest.json", manifest)
+        if (out_root / NOTE).is_file():  # data/README.md stays where it was
+            fileio.copy_file(out_root / NOTE, stage / NOTE)
         _publish(stage, out_root)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+    return data_paths(out_root)
+
+
+def data_paths(out_root: str | os.PathLike) -> dict:
+    """Where a built data set's files are: {"root", "image_folder", "manifest", subset: {split: path}}."""
+    out_root = Path(out_root)
     paths = {subset: {split: out_root / subset / f"{split}.json" for split in SPLITS}
              for subset in SUBSETS}
     return {"root": out_root, "image_folder": out_root / IMAGE_FOLDER,
             "manifest": out_root / "manifest.json", **paths}
+
+
+def course_data(out_root: str | os.PathLike = DATA_DIR) -> dict:
+    """The course's food set (seed 0, default sizes) in `out_root`, built there on first use.
+
+    A missing or empty folder (a README.md alone counts as empty) is built once; a folder that
+    holds the course's set is used as it is. Anything else is refused with FileExistsError and
+    left untouched: a build made with other settings (it says how to rebuild it), or files that
+    are not a labkit data set. Returns `data_paths(out_root)`.
+    """
+    out_root = Path(out_root).absolute()
+    if is_current(out_root):
+        return data_paths(out_root)
+    if out_root.is_dir() and _holds_files(out_root):
+        manifest = out_root / "manifest.json"
+        if not manifest.is_file():
+            raise FileExistsError(
+                f"{out_root} holds files but no manifest.json, so it is not a labkit food set; labkit will "
+                "not build into it. Move those files away, or give another data folder (data_dir in a notebook, --data-dir for the main job).")
+        raise FileExistsError(
+            f"{out_root} holds a food set built with other settings than the course's (seed 0, default "
+            f"sizes; {manifest} says {_build_settings(manifest)}). labkit does not replace it on its own: "
+            f"rebuild it with `python -m labkit.data.build build {out_root} --overwrite`, or give another "
+            "data folder (data_dir in a notebook, --data-dir for the main job).")
+    return build_datasets(out_root)
+
+
+def _build_settings(manifest_path: Path) -> str:
+    """The settings a manifest records, in one line (or why it cannot be read)."""
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return f"nothing readable ({err})"
+    if not isinstance(manifest, dict):
+        return "nothing readable (not a JSON object)"
+    keys = ("seed", "sizes_per_dish", "held_back_train_factor", "mc_fraction")
+    return ", ".join(f"{key}={json.dumps(manifest.get(key), ensure_ascii=False)}" for key in keys)
 
 
 def is_current(out_root: str | os.PathLike, seed: int = 0, sizes: dict | None = None,
@@ -322,6 +332,8 @@ def is_current(out_root: str | os.PathLike, seed: int = 0, sizes: dict | None = 
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+    if not isinstance(manifest, dict):
+        return False
     return (manifest.get("seed") == seed
             and manifest.get("sizes_per_dish") == resolve_sizes(sizes)
             and manifest.get("mc_fraction") == mc_fraction
@@ -338,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labkit data", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="render the general and food data sets")
-    build.add_argument("out_root", help="folder to create (new or empty)")
+    build.add_argument("out_root", nargs="?", default=str(DATA_DIR),
+                       help=f"folder to create (new or empty; default {DATA_DIR})")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--overwrite", action="store_true",
                        help="replace an existing labkit data folder")

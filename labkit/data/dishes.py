@@ -30,7 +30,7 @@ class Look:
 
     container: what the food sits on - "steel_plate", "oval_plate", "round_plate", "steamer",
         "bowl", "tray", "paper" or "leaf".
-    piece: the shape drawn for one piece (see `labkit.data.paint.PIECE_PAINTERS`).
+    piece: the shape drawn for one piece (see `labkit.data.pieces.PIECE_PAINTERS`).
     colors: the piece's main colour, a second colour and a third accent colour.
     sauce: colour of a sauce pool under the pieces, or None.
     dip: colour of a small dipping-sauce dish in the middle of the container, or None.

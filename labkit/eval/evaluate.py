@@ -1,15 +1,15 @@
 """Ask a model about every picture of a test split and score the answers.
 
     from labkit.eval.evaluate import evaluate
-    report = evaluate("runs/food-merged", "runs/data/food/test.json", "runs/data/images")
+    report = evaluate("runs/food-merged", "data/food/test.json", "data/images")
     print(report.table())
     report.accuracy("held_back")      # share of held-back dishes (肠粉 ...) named correctly
 
 Every sample's question is asked with `InternVLChatModel.chat` and greedy decoding, exactly as a
 student would ask it; the expected dish is read from the sample's reference answer. An answer
-counts as correct when `labkit.data.build.answer_dish` finds the right dish in it, and as being in
+counts as correct when `labkit.data.answers.answer_dish` finds the right dish in it, and as being in
 sentence form when it reads exactly "图中的菜是X。" (after "B，" for a multiple-choice question),
-as `labkit.data.build.expected_form` decides.
+as `labkit.data.answers.expected_form` decides.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class Answer:
 
     @property
     def sentence_form(self) -> bool:
-        from labkit.data.build import expected_form
+        from labkit.data.answers import expected_form
 
         return expected_form(self.answer)
 
@@ -138,7 +138,8 @@ def evaluate(model_dir, annotation, image_folder, max_new_tokens=16, limit=None,
     import time
 
     from labkit.checkpoints.folder import load_checkpoint
-    from labkit.data.build import answer_dish, load_samples
+    from labkit.data.answers import answer_dish
+    from labkit.data.build import load_samples
     from labkit.data.validate import validate
 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):

@@ -7,9 +7,11 @@ modules and PEFT).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from labkit import fileio
+from labkit.tiling import tokens_per_tile
 
 GIB = 1024**3
 BF16 = 2  # bytes
@@ -49,7 +51,7 @@ class ModelShape:
     @property
     def num_image_token(self) -> int:
         """Tokens one 448 px tile becomes: (448/14)^2 patches, pixel-shuffled by 0.5 -> 256."""
-        return int((self.force_image_size // self.patch_size) ** 2 * self.downsample_ratio**2)
+        return tokens_per_tile(self.force_image_size, self.patch_size, self.downsample_ratio)
 
     @property
     def vision_tokens_per_tile(self) -> int:
@@ -73,23 +75,8 @@ def _load_config_dict(config) -> tuple[dict, str]:
             f"config must be a dict or the path of a config.json / checkpoint folder, "
             f"got {type(config).__name__}."
         )
-    path = Path(config)
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist: pass the checkpoint folder or its config.json.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text ({err}); re-create the checkpoint.") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); re-create the checkpoint.") from err
-    if not isinstance(data, dict):
-        from labkit.fileio import json_kind
-
-        raise ValueError(f"{path} holds a JSON {json_kind(data)}, not an object of settings "
-                         "({\"vision_config\": ..., \"llm_config\": ...}); pass an InternVL2 config.json.")
-    return data, str(path)
+    path = fileio.config_path(config)
+    return fileio.read_config(path), str(path)
 
 
 def _get(cfg: dict, where: str, *keys: str, default=None):
