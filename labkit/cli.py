@@ -26,7 +26,11 @@ class Command(NamedTuple):
 # The main job first, then the course's steps in order: data, model, fine-tune, conversion, chat.
 COMMANDS = {
     "run": Command("labkit.course.main:main",
-                   "the main job: run the five notebooks headless and write a report"),
+                   "the main job: run the five notebooks headless and write the write-up (RUN/writeup/)"),
+    "writeup": Command("labkit.course.report:main",
+                       "write (again) a run folder's write-up: Chinese + English Markdown and HTML, figures, a zip"),
+    "grade": Command("labkit.course.grade:main",
+                     "the teacher's class table (CSV + HTML) from students' run folders or zipped write-ups"),
     "data": Command("labkit.data.build:main",
                     "build the food data sets (data build OUT) or a contact sheet of the dishes (data sheet PNG)"),
     "validate": Command("labkit.data.validate:main",
@@ -41,6 +45,8 @@ COMMANDS = {
                        "render, check or show the XTuner configs made from the presets"),
     "convert": Command("labkit.convert.pipeline:main",
                        "merge an XTuner .pth checkpoint into a safetensors model folder, with checks"),
+    "publish": Command("labkit.convert.publish:main",
+                       "a converted folder's model card, its check before an upload, the upload commands"),
     "chat": Command("labkit.chat.cli:main",
                     "ask a checkpoint one question, optionally about a picture"),
     "serve": Command("labkit.chat.server:main",

@@ -249,3 +249,12 @@ def test_ensure_base_returns_the_committed_folder(tmp_path):
     from labkit.course import base_model
     assert base_model.ensure_base(tmp_path / "cache") == base_model.ASSET_DIR
     assert not (tmp_path / "cache").exists()  # nothing was built
+
+
+def test_the_base_model_fingerprint_reads_every_file_it_names():
+    """Each entry of base_model.SOURCES names files that exist (a moved module must move here too)."""
+    from labkit.course import base_model
+    from labkit.fileio import PACKAGE_DIR
+
+    missing = [pattern for pattern in base_model.SOURCES if not list(PACKAGE_DIR.glob(pattern))]
+    assert not missing, f"base_model.SOURCES names no file for {missing}"

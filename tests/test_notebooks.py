@@ -139,9 +139,9 @@ def test_comparison_shows_the_fine_tune_teaching_cheung_fun(course_run):
     assert "肠粉" in comp["example"]["tuned"] and "肠粉" not in comp["example"]["base"]
     for name in ("accuracy.png", "confusion.png", "gallery.png"):
         assert_png(run_dir / "figures" / name)
-    text = (run_dir / "report.md").read_text(encoding="utf-8")
+    text = (run_dir / "writeup" / "writeup.md").read_text(encoding="utf-8")
     assert "figures/confusion.png" in text and "肠粉" in text
-    assert report.name == "report.html" and "<table>" in report.read_text(encoding="utf-8")
+    assert report.name == "writeup.html" and "<table>" in report.read_text(encoding="utf-8")
 
 
 @pytest.mark.slow

@@ -32,6 +32,8 @@ The steps, each a function in the module named:
    the logits the merged model gives; a folder with labkit's own code must do the same with
    transformers alone and labkit not importable. The figures land in ``conversion.json``
    (`ConversionReport`, `read_report`).
+7. The model card: ``README.md`` with the hub's metadata, the training settings and how to load
+   the folder, and a ``.gitattributes`` for git-lfs (`labkit.convert.publish.write_card`).
 
 This module runs the steps in order (`convert`, and ``main`` for the command line).
 The folder is built under a temporary name beside ``out_dir`` and renamed only when every
@@ -61,6 +63,7 @@ from labkit.checkpoints.folder import (
     has_labkit_code,
     load_checkpoint,
 )
+from labkit.convert import publish
 from labkit.convert.merge import (
     FRESH_TOLERANCE,
     MERGE_TOLERANCE,
@@ -160,12 +163,13 @@ def _dtype(value):
 
 
 def convert(config_path, pth_path, out_dir, overwrite=False, max_shard_size="2GB", verify=True,
-            dtype="bfloat16", quiet=False):
+            dtype="bfloat16", quiet=False, model_card=True):
     """Convert an XTuner checkpoint into a merged official InternVL2 folder; return its path.
 
     ``config_path``: the XTuner config that trained it; ``pth_path``: its ``iter_*.pth`` file (or
     DeepSpeed folder); ``out_dir``: a new (or empty) folder - pass ``overwrite=True`` to replace one.
     ``verify`` runs the logit and fresh-process checks (figures in ``out_dir/conversion.json``).
+    ``model_card`` writes the folder's README.md and .gitattributes (`labkit.convert.publish.write_card`).
     """
     started = time.time()
     setup = read_train_setup(config_path)
@@ -181,6 +185,9 @@ def convert(config_path, pth_path, out_dir, overwrite=False, max_shard_size="2GB
         report = _convert_into(setup, weights, pretrained, pth_path, tmp_dir, max_shard_size, verify, dtype)
         report.out_dir, report.seconds = str(out_dir), round(time.time() - started, 2)
         fileio.write_json(tmp_dir / REPORT_NAME, asdict(report))
+        if model_card:
+            publish.write_card(tmp_dir, repo_id=publish.suggest_repo_name(
+                out_dir, publish.hub_base_model(setup.model_path), report.kind, report.parameters))
         _publish(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -270,11 +277,12 @@ def main(argv=None):
     parser.add_argument("--max-shard-size", default="2GB", help="split safetensors above this size (e.g. 200MB)")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     parser.add_argument("--no-verify", action="store_true", help="skip the logit and fresh-process checks")
+    parser.add_argument("--no-card", action="store_true", help="write no model card (README.md) or .gitattributes")
     args = parser.parse_args(argv)
     try:
         convert(args.config, args.pth, args.out_dir, overwrite=args.overwrite, max_shard_size=args.max_shard_size,
-                verify=not args.no_verify, dtype=args.dtype)
-    except (ConversionError, CheckpointError, FileExistsError, NotADirectoryError) as err:
+                verify=not args.no_verify, dtype=args.dtype, model_card=not args.no_card)
+    except (ConversionError, CheckpointError, FileExistsError, NotADirectoryError, publish.PublishError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

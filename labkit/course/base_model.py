@@ -46,8 +46,10 @@ TARGETS = {"known_min": 0.80, "held_back_max": 0.10, "sentence_min": 0.95}
 DEFAULT_SEED = 1
 DATA_SEED = 0  # the course data every notebook uses
 # The files whose contents decide what a build produces (the cache fingerprint).
-SOURCES = ("base_model.py", "settings.py", "finetune.py", "lean.py", "xtuner_launch.py", "checkpoint.py",
-           "tokenizer.py", "dishes.py", "render.py", "data.py", "convert.py", "model/*.py")
+SOURCES = ("course/base_model.py", "train/settings.py", "train/xtuner_config.py", "train/finetune.py",
+           "train/lean.py", "train/launch.py", "train/dataset.py", "checkpoints/folder.py",
+           "checkpoints/tokenizer.py", "data/dishes.py", "data/paint.py", "data/pieces.py", "data/build.py",
+           "data/answers.py", "convert/*.py", "model/*.py")
 
 
 class BaseModelError(RuntimeError):

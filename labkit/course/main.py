@@ -9,7 +9,7 @@
    with the exercises' reference solutions filled in (``labkit.course.exercises.solve_notebook``;
    ``--no-solutions`` runs the student copies as committed), and stop at the first notebook
    whose exercise checks did not all pass,
-3. keep the executed copies under ``RUN/notebooks/`` and write ``RUN/report.md`` + ``report.html``.
+3. keep the executed copies under ``RUN/notebooks/`` and write the write-up (``RUN/writeup/``, ``RUN/writeup.zip``).
 """
 import argparse
 import os
