@@ -88,7 +88,7 @@ def _notebook(path, prefix, reflection=None):
 
 def make_run(root, reflection=REFLECTION):
     """A complete run folder in ``root``; returns its path."""
-    from labkit.course.exercises import nb01, nb04
+    from labkit.course.exercises import exercises_of
     from labkit.course.main import NOTEBOOKS
     from labkit.train.settings import tiny_lora_cpu
     from labkit.train.xtuner_config import render_config
@@ -137,7 +137,7 @@ def make_run(root, reflection=REFLECTION):
         "hand_merge": {"layer": "language_model.model.layers.0.attention.wqkv.weight", "bf16_steps": 0.5}})
     _write(run / "comparison.json", comparison(_report("base-tiny", False), _report(str(tuned_dir), True)))
     results = {e.id: {"passed": True, "status": "passed", "message": "答对了 correct.", "checked": "2026-12-01T12:00:00"}
-               for e in nb01.EXERCISES + nb04.EXERCISES}
+               for name in NOTEBOOKS for e in exercises_of(name)}
     results["04.merge_one_layer"] = {"passed": False, "status": "wrong", "message": "这只是原来的权重 W",
                                      "checked": "2026-12-01T12:00:00"}
     _write(run / "exercises.json", {"exercises": results})
