@@ -127,7 +127,7 @@ def test_the_latest_check_of_an_exercise_is_recorded(ws, tiny_model):
 def converted(tmp_path_factory):
     """A real XTuner LoRA checkpoint (r 8, alpha 16, weights moved) and its converted folder."""
     pytest.importorskip("xtuner.model", reason="XTuner builds the checkpoint")
-    from test_convert import build_xtuner_model, lora_settings, move_weights, save_like_mmengine, write_config
+    from xtuner_checkpoints import build_xtuner_model, lora_settings, move_weights, save_like_mmengine, write_config
 
     from labkit.checkpoints.folder import write_checkpoint
     from labkit.convert import convert

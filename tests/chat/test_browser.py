@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -28,19 +27,19 @@ from pathlib import Path
 import psutil
 import pytest
 
-from browser_support import (  # noqa: F401  (base_model_dir is a pytest fixture)
-    REPO_ROOT,
+from browser_support import (
     JupyterLab,
     NotebookPage,
-    base_model_dir,
     chromium,
     chromium_missing_reason,
     cjk_font_missing_reason,
     end_processes,
     parameterized_notebook,
     save_artifact,
-    test_cache_dir,
 )
+from helpers import shared_cache
+
+from labkit.fileio import REPO_ROOT
 
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "02_baseline_chat.ipynb"
@@ -80,11 +79,11 @@ def food_picture(tmp_path_factory) -> Path:
     """A test picture of 肠粉 from the course's own food data (built in the shared test cache)."""
     from labkit.course.workspace import Workspace
 
-    return Workspace(tmp_path_factory.mktemp("picture-run"), test_cache_dir()).first_picture_of(DISH)
+    return Workspace(tmp_path_factory.mktemp("picture-run"), shared_cache()).first_picture_of(DISH)
 
 
 @pytest.fixture(scope="module")
-def expected_answers(base_model_dir, food_picture):  # noqa: F811
+def expected_answers(base_model_dir, food_picture):
     """What the engine answers headlessly, with the chat cell's default (greedy) settings.
 
     Three turns about the same picture; the third follows the first two, as in the browser,
@@ -108,7 +107,7 @@ def expected_answers(base_model_dir, food_picture):  # noqa: F811
 
 
 @pytest.fixture
-def notebook_02(tmp_path, base_model_dir):  # noqa: F811  (built first, so the notebook finds it)
+def notebook_02(tmp_path, base_model_dir):  # built first, so the notebook finds it
     """Notebook 02 open in Chromium in a JupyterLab of its own; everything stopped afterwards.
 
     Yields (page, NotebookPage, run_dir). A full-page screenshot and the server log are saved as
@@ -117,7 +116,7 @@ def notebook_02(tmp_path, base_model_dir):  # noqa: F811  (built first, so the n
     root, run_dir = tmp_path / "lab-root", tmp_path / "run"
     root.mkdir()
     parameterized_notebook(NOTEBOOK, root / NOTEBOOK.name, {
-        "run_dir": str(run_dir), "cache_dir": str(test_cache_dir()), "device": "cpu", "backend": "transformers",
+        "run_dir": str(run_dir), "cache_dir": str(shared_cache()), "device": "cpu", "backend": "transformers",
     })
     with JupyterLab(root, tmp_path / "home") as lab:
         try:
