@@ -143,6 +143,7 @@ def converted(tmp_path_factory):
                                  base=base)
 
 
+@pytest.mark.slow  # converts a real XTuner checkpoint
 def test_nb04_right_wrong_and_unfilled_answers(ws, converted, capsys):
     from labkit.convert.pipeline import read_train_setup
     from labkit.course import conversion
@@ -166,6 +167,7 @@ def test_nb04_right_wrong_and_unfilled_answers(ws, converted, capsys):
     assert "alpha / r" in out and "输出头 output" in out
 
 
+@pytest.mark.slow  # converts a real XTuner checkpoint
 def test_the_hand_merge_equals_the_converted_weight(converted):
     from labkit.course import conversion
 

@@ -30,6 +30,8 @@ from xtuner_checkpoints import (  # noqa: E402
     build_xtuner_model, lora_settings, move_weights, save_like_mmengine, write_config,
 )
 
+pytestmark = pytest.mark.slow  # every test here builds XTuner's model and converts its checkpoint
+
 BF16_TOLERANCE = 0.02  # logits of a bf16 folder vs XTuner's fp32 model (measured 0.004-0.006)
 
 

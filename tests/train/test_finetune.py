@@ -1,6 +1,7 @@
 """labkit.train.finetune: XTuner's own training on the CPU, judged by evidence; bad input refused early.
 
-The runs here are real: XTuner's trainer in a child process, the tiny model, a few samples.
+The runs here are real: XTuner's trainer in a child process, the tiny model, a few samples. The
+tests that train are marked ``slow``; the refusals before a launch are quick.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def finished(tiny_checkpoint, food_one, tmp_path_factory):
     return result, seen
 
 
+@pytest.mark.slow
 def test_tiny_lora_run_trains_the_planned_iterations(finished):
     result, seen = finished
     # 13 samples in groups of batch 4 -> 4 iterations per epoch (XTuner's sampler rounds up) x 2 epochs
@@ -50,6 +52,7 @@ def test_tiny_lora_run_trains_the_planned_iterations(finished):
     assert "Traceback" not in log and "LeanInternVL: the output head runs on" in log
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_lora_adapters_and_the_projector(finished):
     from labkit.convert.trained import read_trained_weights
 
@@ -59,6 +62,7 @@ def test_checkpoint_holds_lora_adapters_and_the_projector(finished):
     assert not any("vision_model" in k for k in keys)  # the vision tower stayed frozen
 
 
+@pytest.mark.slow
 def test_result_is_recorded_and_the_config_is_the_rendered_one(finished):
     result, _ = finished
     again = finetune.load_result(result.work_dir)
@@ -67,6 +71,7 @@ def test_result_is_recorded_and_the_config_is_the_rendered_one(finished):
     assert "PART 1  Settings" in config and "total_iters = 8" in config and "LeanInternVL" in config
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_not_overwritten(finished, tiny_checkpoint, food_one):
     result, _ = finished
     before = (result.checkpoint.stat().st_mtime_ns, (result.work_dir / finetune.RESULT).read_bytes())
@@ -75,6 +80,7 @@ def test_a_finished_run_is_not_overwritten(finished, tiny_checkpoint, food_one):
     assert before == (result.checkpoint.stat().st_mtime_ns, (result.work_dir / finetune.RESULT).read_bytes())
 
 
+@pytest.mark.slow
 def test_a_crash_raises_training_error_with_the_log_tail(tiny_checkpoint, food_one, tmp_path):
     # max_length=40 cuts every sample inside its image tokens; the lean model refuses such a batch.
     # (check_data refuses that max_length before launching; validate=False lets XTuner run into it.)
