@@ -127,7 +127,7 @@ def test_the_latest_check_of_an_exercise_is_recorded(ws, tiny_model):
 def converted(tmp_path_factory):
     """A real XTuner LoRA checkpoint (r 8, alpha 16, weights moved) and its converted folder."""
     pytest.importorskip("xtuner.model", reason="XTuner builds the checkpoint")
-    from test_convert import build_xtuner_model, lora_settings, move_weights, save_like_mmengine, write_config
+    from xtuner_checkpoints import build_xtuner_model, lora_settings, move_weights, save_like_mmengine, write_config
 
     from labkit.checkpoints.folder import write_checkpoint
     from labkit.convert import convert
@@ -143,6 +143,7 @@ def converted(tmp_path_factory):
                                  base=base)
 
 
+@pytest.mark.slow  # converts a real XTuner checkpoint
 def test_nb04_right_wrong_and_unfilled_answers(ws, converted, capsys):
     from labkit.convert.pipeline import read_train_setup
     from labkit.course import conversion
@@ -166,6 +167,7 @@ def test_nb04_right_wrong_and_unfilled_answers(ws, converted, capsys):
     assert "alpha / r" in out and "输出头 output" in out
 
 
+@pytest.mark.slow  # converts a real XTuner checkpoint
 def test_the_hand_merge_equals_the_converted_weight(converted):
     from labkit.course import conversion
 

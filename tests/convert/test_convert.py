@@ -1,11 +1,10 @@
 """labkit.convert (trained, merge, pipeline) against XTuner itself, on the tiny checkpoint.
 
-The checkpoints here are real XTuner checkpoints: XTuner's model class is built from a config
-rendered by labkit.train.xtuner_config (as ``xtuner train`` builds it), its LoRA adapters and projector are
-moved away from their initial values (a fresh LoRA is a no-op: B starts at zero), and its
-``state_dict()`` is saved in mmengine's layout, training log included. The reference logits come
-from XTuner's own forward pass, so the merged folder is checked against the model XTuner trained,
-not against labkit's idea of it.
+The checkpoints here are real XTuner checkpoints (tests/xtuner_checkpoints.py): XTuner's model
+class built from a config rendered by labkit.train.xtuner_config, its LoRA adapters and projector
+moved away from their initial values, its ``state_dict()`` saved in mmengine's layout, training
+log included. The reference logits come from XTuner's own forward pass, so the merged folder is
+checked against the model XTuner trained, not against labkit's idea of it.
 """
 from __future__ import annotations
 
@@ -25,10 +24,14 @@ pytest.importorskip("xtuner.model", reason="XTuner builds the checkpoints these 
 from labkit.convert import merge  # noqa: E402
 from labkit.convert import pipeline as conv  # noqa: E402
 from labkit.checkpoints.folder import check_model_folder, load_checkpoint, write_checkpoint  # noqa: E402
-from labkit.train.settings import tiny_lora_cpu, tiny_pretrain_cpu  # noqa: E402
-from labkit.train.xtuner_config import render_config  # noqa: E402
+from labkit.fileio import REPO_ROOT  # noqa: E402
+from labkit.train.settings import tiny_pretrain_cpu  # noqa: E402
+from xtuner_checkpoints import (  # noqa: E402
+    build_xtuner_model, lora_settings, move_weights, save_like_mmengine, write_config,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every test here builds XTuner's model and converts its checkpoint
+
 BF16_TOLERANCE = 0.02  # logits of a bf16 folder vs XTuner's fp32 model (measured 0.004-0.006)
 
 
@@ -50,45 +53,6 @@ def gloo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     return write_checkpoint(tmp_path_factory.mktemp("base") / "tiny-base")
-
-
-def write_config(path, settings):
-    path.write_text(render_config(settings), encoding="utf-8")
-    return path
-
-
-def lora_settings(base, **knobs):
-    return tiny_lora_cpu().replace(model_path=str(base), lora_r=8, lora_alpha=16, **knobs)
-
-
-def build_xtuner_model(config_path):
-    from mmengine.config import Config
-    from xtuner.registry import BUILDER
-
-    return BUILDER.build(Config.fromfile(str(config_path)).model)
-
-
-@torch.no_grad()
-def move_weights(model, names=("lora_B", "mlp1"), seed=1, scale=0.05):
-    """Stand in for training: shift the trainable weights so the merge has something to do."""
-    generator = torch.Generator().manual_seed(seed)
-    for name, param in model.named_parameters():
-        if any(n in name for n in names):
-            param.add_(torch.randn(param.shape, generator=generator).to(param.dtype) * scale)
-
-
-def save_like_mmengine(model, path, config_path):
-    """The dict mmengine's CheckpointHook writes (Runner.save_checkpoint, save_optimizer=False)."""
-    from mmengine.logging import MessageHub
-
-    hub = MessageHub.get_instance(f"convert-test-{path.name}")
-    hub.update_scalar("train/loss", 2.5)  # HistoryBuffer objects with numpy arrays inside
-    hub.update_scalar("train/lr", 1e-3)
-    hub.update_info("iter", 10)
-    meta = dict(epoch=1, iter=10, cfg=Path(config_path).read_text(encoding="utf-8"), seed=0,
-                experiment_name="convert-test", time="20240101_000000", mmengine_version="0.10.6")
-    torch.save({"meta": meta, "state_dict": model.state_dict(), "message_hub": hub.state_dict()}, path)
-    return path
 
 
 def probe_of_our_own(model, tokenizer, tiles=1):

@@ -4,15 +4,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from labkit.data.paint import render_to_file
 from labkit.data.validate import (AnnotationFormatError, DataValidationError, read_annotations,
                              validate)
+from labkit.fileio import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def record(image="a.jpg", question="<image>\n图中的菜是什么？", answer="图中的菜是肠粉。",
@@ -149,7 +148,7 @@ def test_raise_if_bad_names_record_and_file(tmp_path, root):
 def test_cli_exit_codes(tmp_path, root):
     good, bad = write(tmp_path, [record()]), write(tmp_path, [record("gone.jpg")], "bad.json")
     run = [sys.executable, "-m", "labkit", "validate", "--image-folder", str(root)]
-    ok = subprocess.run(run + [str(good)], capture_output=True, text=True, cwd=REPO)
+    ok = subprocess.run(run + [str(good)], capture_output=True, text=True, cwd=REPO_ROOT)
     assert ok.returncode == 0 and "OK" in ok.stdout
-    fail = subprocess.run(run + [str(bad)], capture_output=True, text=True, cwd=REPO)
+    fail = subprocess.run(run + [str(bad)], capture_output=True, text=True, cwd=REPO_ROOT)
     assert fail.returncode == 1 and "image file not found" in fail.stdout

@@ -18,16 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures_model import image_tiles, randomize_, run_python
+from helpers import image_tiles, randomize_, run_python
 from labkit.checkpoints.folder import build_model, tiny_config, write_checkpoint
-from opengvlab_like_folder import (  # noqa: F401  (pytest fixture)
-    ADDED_TOKENS,
-    FIXTURE_SYSTEM_MESSAGE,
-    REMOTE_CODE_FILES,
-    SP_SPECIALS,
-    TEMPLATE,
-    build_opengvlab_like,
-    opengvlab_like_checkpoint,
+from opengvlab_like_folder import (
+    ADDED_TOKENS, FIXTURE_SYSTEM_MESSAGE, REMOTE_CODE_FILES, SP_SPECIALS, TEMPLATE, build_opengvlab_like,
 )
 
 TOLERANCE = 1e-4  # float32 on both sides

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fixtures_model import noise_image, tiny_checkpoint  # noqa: F401  (pytest fixture)
+from helpers import noise_image
 from labkit.chat import Sampling, TransformersEngine
 from labkit.chat.fast_decode import StaticGreedyDecoder, _after_end, prompt_embeddings
 
@@ -17,7 +17,7 @@ LONG = Sampling(max_new_tokens=40)
 
 
 @pytest.fixture(scope="module")
-def engines(tiny_checkpoint):  # noqa: F811
+def engines(tiny_checkpoint):
     return TransformersEngine(tiny_checkpoint), TransformersEngine(tiny_checkpoint, fast_decode=True)
 
 
@@ -58,7 +58,7 @@ def test_rows_are_padded_after_their_end_token_and_cut_when_all_ended():
     assert _after_end(torch.tensor([[5, 2, 7], [5, 6, 9]]), 2, 0).tolist() == [[5, 2, 0], [5, 6, 9]]
 
 
-def test_fast_decode_refuses_model_code_without_a_static_cache(tiny_checkpoint, monkeypatch):  # noqa: F811
+def test_fast_decode_refuses_model_code_without_a_static_cache(tiny_checkpoint, monkeypatch):
     from labkit.model import modeling_internlm2
 
     monkeypatch.setattr(modeling_internlm2.InternLM2ForCausalLM, "labkit_static_cache", False)

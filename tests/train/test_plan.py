@@ -2,16 +2,15 @@
 
 import contextlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from labkit.train import plan
 from labkit.train.settings import course_gpu
+from labkit.fileio import REPO_ROOT
 
-REPO = Path(__file__).resolve().parent.parent
-REAL_CONFIG = REPO / "labkit" / "assets" / "internvl2-2b" / "config.json"
+REAL_CONFIG = REPO_ROOT / "labkit" / "assets" / "internvl2-2b" / "config.json"
 
 # The InternVL2-2B numbers of /work/shared/internvl2-format.md section 2, written out here so
 # the planner is checked against the documented sizes, not against its own defaults.

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from fixtures_model import noise_image, parity_checkpoint, tiny_checkpoint, tiny_tokenizer  # noqa: F401
+from helpers import noise_image
 
 from labkit.train.launch import free_port
 
@@ -26,7 +26,7 @@ def process_group():
 
 
 @pytest.fixture(scope="module")
-def batch(parity_checkpoint, tmp_path_factory):  # noqa: F811
+def batch(parity_checkpoint, tmp_path_factory):
     """A real XTuner batch of two samples of different lengths (so one is padded)."""
     from mmengine.config import ConfigDict
 
@@ -77,7 +77,7 @@ def _pair(path, lora):
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_lean_loss_and_gradients_equal_xtuners(parity_checkpoint, batch, lora):  # noqa: F811
+def test_lean_loss_and_gradients_equal_xtuners(parity_checkpoint, batch, lora):
     stock, lean = _pair(parity_checkpoint, lora)
     losses, grads = [], []
     for model in (stock, lean):
@@ -92,7 +92,7 @@ def test_lean_loss_and_gradients_equal_xtuners(parity_checkpoint, batch, lora): 
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_lean_reaches_the_lora_wrapped_output_head(parity_checkpoint, batch):  # noqa: F811
+def test_lean_reaches_the_lora_wrapped_output_head(parity_checkpoint, batch):
     from peft.tuners.lora import LoraLayer
 
     _, lean = _pair(parity_checkpoint, lora=True)
@@ -101,7 +101,7 @@ def test_lean_reaches_the_lora_wrapped_output_head(parity_checkpoint, batch):  #
     assert type(decoder).__name__ == "InternLM2Model"
 
 
-def test_logits_exist_only_at_supervised_positions(parity_checkpoint, batch):  # noqa: F811
+def test_logits_exist_only_at_supervised_positions(parity_checkpoint, batch):
     _, lean = _pair(parity_checkpoint, lora=False)
     out = lean._llm_forward(pixel_values=torch.cat([p for p in batch["pixel_values"]]).float(),
                             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -114,7 +114,7 @@ def test_logits_exist_only_at_supervised_positions(parity_checkpoint, batch):  #
     assert supervised < total / 4  # image tokens and the prompt are most of every sequence
 
 
-def test_batch_without_answers_gives_zero_loss_not_nan(parity_checkpoint, batch):  # noqa: F811
+def test_batch_without_answers_gives_zero_loss_not_nan(parity_checkpoint, batch):
     _, lean = _pair(parity_checkpoint, lora=False)
     silent = dict(batch, labels=torch.full_like(batch["labels"], -100))
     loss = lean(silent)["loss"]
@@ -122,7 +122,7 @@ def test_batch_without_answers_gives_zero_loss_not_nan(parity_checkpoint, batch)
     loss.backward()  # still part of the graph
 
 
-def test_image_slots_cut_by_max_length_are_reported(parity_checkpoint, batch):  # noqa: F811
+def test_image_slots_cut_by_max_length_are_reported(parity_checkpoint, batch):
     _, lean = _pair(parity_checkpoint, lora=False)
     cut = {k: (v[:, :40] if k in ("input_ids", "labels", "attention_mask", "position_ids") else v)
            for k, v in batch.items()}
@@ -130,7 +130,7 @@ def test_image_slots_cut_by_max_length_are_reported(parity_checkpoint, batch):  
         lean(cut)
 
 
-def test_frozen_weights_stay_bfloat16_and_checkpointing_can_be_turned_off(parity_checkpoint, batch):  # noqa: F811
+def test_frozen_weights_stay_bfloat16_and_checkpointing_can_be_turned_off(parity_checkpoint, batch):
     """PEFT's preparation casts the frozen LLM to float32; LeanInternVL casts it back (exactly),
     keeps the adapters in float32, and gives the same loss with or without checkpointing."""
     from peft import LoraConfig
@@ -159,7 +159,7 @@ def test_frozen_weights_stay_bfloat16_and_checkpointing_can_be_turned_off(parity
     assert torch.isfinite(losses[0]) and abs(losses[0].item() - losses[1].item()) < 1e-3
 
 
-def test_lora_inputs_stay_bfloat16_under_autocast_with_the_same_loss(parity_checkpoint, batch):  # noqa: F811
+def test_lora_inputs_stay_bfloat16_under_autocast_with_the_same_loss(parity_checkpoint, batch):
     """Under autocast PEFT's float32 cast of each LoRA input is skipped (autocast would cast it
     straight back); without autocast the cast stays. The loss is the same either way."""
     from peft import LoraConfig

@@ -11,14 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fixtures_model import (  # noqa: F401  (pytest fixtures)
-    image_tiles,
-    load_remote,
-    parity_checkpoint,
-    randomize_,
-    tiny_checkpoint,
-    tiny_tokenizer,
-)
+from helpers import image_tiles, load_remote, randomize_
 from labkit.checkpoints.folder import build_model, tiny_config
 from labkit.checkpoints.reference import build_reference_model, split_wqkv, to_reference_state_dict
 

@@ -11,10 +11,10 @@ import pytest
 
 from labkit.data import answers, build as data, dishes
 from labkit.data.validate import validate
+from labkit.fileio import REPO_ROOT
 
 TINY_SIZES = {"general": {"train": 1, "val": 0, "test": 0}, "food": {"train": 1, "val": 0, "test": 0}}
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = {"general": {"train": 2, "val": 1, "test": 1}, "food": {"train": 2, "val": 1, "test": 1}}
 
 
@@ -192,7 +192,6 @@ def test_stale_or_foreign_data_folders_are_refused_and_left_alone(tmp_path):
 def test_the_course_data_lives_in_the_repositorys_data_folder(tmp_path):
     """The main job, the notebooks' default and the rendered XTuner configs all point at data/."""
     from labkit.course import main, workspace
-    from labkit.fileio import REPO_ROOT
     from labkit.train import settings
 
     assert data.DATA_DIR == main.DEFAULT_DATA == REPO_ROOT / "data"
@@ -245,8 +244,8 @@ def test_cli_builds_and_refuses(tmp_path):
     sizes = json.dumps({"general": {"train": 1, "val": 0, "test": 0},
                         "food": {"train": 0, "val": 0, "test": 1}})
     cmd = [sys.executable, "-m", "labkit", "data", "build", str(out), "--seed", "4", "--sizes", sizes]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr
     assert (out / "food" / "test.json").is_file() and "pictures" in done.stdout
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     assert again.returncode == 2 and "not empty" in again.stderr

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -37,11 +36,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from browser_support import (  # noqa: F401  (base_model_dir is a pytest fixture)
-    REPO_ROOT,
+from browser_support import (
     JupyterLab,
     NotebookPage,
-    base_model_dir,
     chromium,
     chromium_missing_reason,
     cjk_font_missing_reason,
@@ -49,9 +46,10 @@ from browser_support import (  # noqa: F401  (base_model_dir is a pytest fixture
     end_processes,
     parameterized_notebook,
     save_artifact,
-    test_cache_dir,
 )
-from fixtures_model import tiny_checkpoint  # noqa: F401  (pytest fixture)
+from helpers import shared_cache
+
+from labkit.fileio import REPO_ROOT
 
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "02_baseline_chat.ipynb"
@@ -104,11 +102,11 @@ def food_picture(tmp_path_factory) -> Path:
     """A test picture of 肠粉 from the course's own food data (built in the shared test cache)."""
     from labkit.course.workspace import Workspace
 
-    return Workspace(tmp_path_factory.mktemp("picture-run"), test_cache_dir()).first_picture_of(DISH)
+    return Workspace(tmp_path_factory.mktemp("picture-run"), shared_cache()).first_picture_of(DISH)
 
 
 @pytest.fixture(scope="module")
-def expected_answers(base_model_dir, food_picture):  # noqa: F811
+def expected_answers(base_model_dir, food_picture):
     """What the engine answers headlessly, with the chat cell's default (greedy) settings.
 
     Three turns about the same picture; the third follows the first two, as in the browser,
@@ -158,12 +156,12 @@ def notebook_in_lab(root: Path, name: str, tmp_path: Path, artifact_prefix: str 
 
 
 @pytest.fixture
-def notebook_02(tmp_path, base_model_dir):  # noqa: F811  (built first, so the notebook finds it)
+def notebook_02(tmp_path, base_model_dir):  # built first, so the notebook finds it
     """Notebook 02 open in the browser: yields (page, NotebookPage, run_dir)."""
     root, run_dir = tmp_path / "lab-root", tmp_path / "run"
     root.mkdir()
     parameterized_notebook(NOTEBOOK, root / NOTEBOOK.name, {
-        "run_dir": str(run_dir), "cache_dir": str(test_cache_dir()), "device": "cpu", "backend": "transformers",
+        "run_dir": str(run_dir), "cache_dir": str(shared_cache()), "device": "cpu", "backend": "transformers",
     })
     with notebook_in_lab(root, NOTEBOOK.name, tmp_path) as (page, notebook):
         yield page, notebook, run_dir
@@ -287,7 +285,7 @@ def test_chat_cell_in_jupyterlab(notebook_02, expected_answers, food_picture, tm
 
 
 @pytest.fixture(scope="module")
-def tuned_model_dir(tiny_checkpoint) -> Path:  # noqa: F811
+def tuned_model_dir(tiny_checkpoint) -> Path:
     """The "tuned" side: ``$LABKIT_TEST_TUNED_MODEL`` (a real fine-tune, for the docs screenshot), else a
     random tiny checkpoint, so the two columns differ."""
     return Path(os.environ.get("LABKIT_TEST_TUNED_MODEL") or tiny_checkpoint).resolve()
@@ -299,7 +297,7 @@ def compare_pictures(tmp_path_factory):
     from labkit.chat.compare import dish_gallery
     from labkit.course.workspace import Workspace
 
-    workspace = Workspace(tmp_path_factory.mktemp("compare-run"), test_cache_dir())
+    workspace = Workspace(tmp_path_factory.mktemp("compare-run"), shared_cache())
     data = workspace.data()
     annotation, folder = data["food"]["test"], data["image_folder"]
     gallery = dish_gallery(annotation, folder)
@@ -309,7 +307,7 @@ def compare_pictures(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def compare_expected(base_model_dir, tuned_model_dir, compare_pictures):  # noqa: F811
+def compare_expected(base_model_dir, tuned_model_dir, compare_pictures):
     """What the two engines answer headlessly, picture by picture (path -> {side: answer})."""
     from labkit.chat import Sampling, TransformersEngine
     from labkit.chat.compare import DEFAULT_QUESTION
@@ -323,7 +321,7 @@ def compare_expected(base_model_dir, tuned_model_dir, compare_pictures):  # noqa
 
 
 @pytest.fixture
-def compare_notebook(tmp_path, base_model_dir, tuned_model_dir, compare_pictures):  # noqa: F811
+def compare_notebook(tmp_path, base_model_dir, tuned_model_dir, compare_pictures):
     """A notebook of the test's own with the side-by-side cell, open in the browser: yields the page."""
     annotation, folder, _, _ = compare_pictures
     root = tmp_path / "lab-root"

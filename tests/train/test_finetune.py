@@ -1,32 +1,20 @@
 """labkit.train.finetune: XTuner's own training on the CPU, judged by evidence; bad input refused early.
 
-The runs here are real: XTuner's trainer in a child process, the tiny model, a few samples.
+The runs here are real: XTuner's trainer in a child process, the tiny model, a few samples. The
+tests that train are marked ``slow``; the refusals before a launch are quick.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
-import time
 from pathlib import Path
 
 import pytest
-from fixtures_model import tiny_checkpoint  # noqa: F401
 
 from labkit.train import finetune, settings
 from labkit.checkpoints.folder import CheckpointError
 from labkit.train.finetune import TrainingError
 from labkit.data.validate import DataValidationError
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """The course food data at its smallest: one picture per dish (13 samples)."""
-    from labkit.data.build import build_datasets
-
-    sizes = {"general": {"train": 0, "val": 0, "test": 0}, "food": {"train": 1, "val": 0, "test": 0}}
-    return build_datasets(tmp_path_factory.mktemp("ft-data") / "data", seed=0, sizes=sizes,
-                          held_back_factor=1)
 
 
 def tiny_settings(model, data, **overrides):
@@ -37,15 +25,16 @@ def tiny_settings(model, data, **overrides):
 
 
 @pytest.fixture(scope="module")
-def finished(tiny_checkpoint, data, tmp_path_factory):  # noqa: F811
+def finished(tiny_checkpoint, food_one, tmp_path_factory):
     """One real tiny LoRA run, shared by the tests that inspect what it left."""
     seen = []
     work = tmp_path_factory.mktemp("ft-run") / "run"
-    result = finetune.train(tiny_settings(tiny_checkpoint, data), work, progress=False,
+    result = finetune.train(tiny_settings(tiny_checkpoint, food_one), work, progress=False,
                             on_loss=lambda i, loss: seen.append((i, loss)))
     return result, seen
 
 
+@pytest.mark.slow
 def test_tiny_lora_run_trains_the_planned_iterations(finished):
     result, seen = finished
     # 13 samples in groups of batch 4 -> 4 iterations per epoch (XTuner's sampler rounds up) x 2 epochs
@@ -63,6 +52,7 @@ def test_tiny_lora_run_trains_the_planned_iterations(finished):
     assert "Traceback" not in log and "LeanInternVL: the output head runs on" in log
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_lora_adapters_and_the_projector(finished):
     from labkit.convert.trained import read_trained_weights
 
@@ -72,6 +62,7 @@ def test_checkpoint_holds_lora_adapters_and_the_projector(finished):
     assert not any("vision_model" in k for k in keys)  # the vision tower stayed frozen
 
 
+@pytest.mark.slow
 def test_result_is_recorded_and_the_config_is_the_rendered_one(finished):
     result, _ = finished
     again = finetune.load_result(result.work_dir)
@@ -80,18 +71,20 @@ def test_result_is_recorded_and_the_config_is_the_rendered_one(finished):
     assert "PART 1  Settings" in config and "total_iters = 8" in config and "LeanInternVL" in config
 
 
-def test_a_finished_run_is_not_overwritten(finished, tiny_checkpoint, data):  # noqa: F811
+@pytest.mark.slow
+def test_a_finished_run_is_not_overwritten(finished, tiny_checkpoint, food_one):
     result, _ = finished
     before = (result.checkpoint.stat().st_mtime_ns, (result.work_dir / finetune.RESULT).read_bytes())
     with pytest.raises(FileExistsError, match="already holds a finished run"):
-        finetune.train(tiny_settings(tiny_checkpoint, data), result.work_dir, progress=False)
+        finetune.train(tiny_settings(tiny_checkpoint, food_one), result.work_dir, progress=False)
     assert before == (result.checkpoint.stat().st_mtime_ns, (result.work_dir / finetune.RESULT).read_bytes())
 
 
-def test_a_crash_raises_training_error_with_the_log_tail(tiny_checkpoint, data, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_a_crash_raises_training_error_with_the_log_tail(tiny_checkpoint, food_one, tmp_path):
     # max_length=40 cuts every sample inside its image tokens; the lean model refuses such a batch.
     # (check_data refuses that max_length before launching; validate=False lets XTuner run into it.)
-    bad = tiny_settings(tiny_checkpoint, data, max_length=40)
+    bad = tiny_settings(tiny_checkpoint, food_one, max_length=40)
     with pytest.raises(TrainingError) as err:
         finetune.train(bad, tmp_path / "run", progress=False, validate=False)
     text = str(err.value)
@@ -115,33 +108,33 @@ def test_exit_code_zero_is_not_enough(tmp_path):
         finetune.check_outcome(0, log, 3, 3, 3, tmp_path, "")
 
 
-def test_data_that_fails_validation_stops_before_training(tiny_checkpoint, data, tmp_path):  # noqa: F811
-    records = json.loads(Path(data["food"]["train"]).read_text(encoding="utf-8"))
+def test_data_that_fails_validation_stops_before_training(tiny_checkpoint, food_one, tmp_path):
+    records = json.loads(Path(food_one["food"]["train"]).read_text(encoding="utf-8"))
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     records[3]["image"] = "broken.jpg"
     bad = tmp_path / "train.json"
     bad.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-    s = tiny_settings(tiny_checkpoint, data, data_paths=str(bad), image_folder=str(tmp_path / "images"))
+    s = tiny_settings(tiny_checkpoint, food_one, data_paths=str(bad), image_folder=str(tmp_path / "images"))
     with pytest.raises(DataValidationError, match="broken.jpg"):
         finetune.train(s, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 
-def test_missing_model_folder_is_a_clear_error(data, tmp_path):
-    s = tiny_settings(tmp_path / "no-such-model", data)
+def test_missing_model_folder_is_a_clear_error(food_one, tmp_path):
+    s = tiny_settings(tmp_path / "no-such-model", food_one)
     with pytest.raises(CheckpointError, match="no-such-model: no such model folder"):
         finetune.train(s, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 
-def test_a_foreign_folder_is_never_touched(tiny_checkpoint, data, tmp_path):  # noqa: F811
+def test_a_foreign_folder_is_never_touched(tiny_checkpoint, food_one, tmp_path):
     mine = tmp_path / "notes"
     mine.mkdir()
     (mine / "thesis.txt").write_text("precious", encoding="utf-8")
     for overwrite in (False, True):
         with pytest.raises(FileExistsError, match="not a labkit training folder"):
-            finetune.train(tiny_settings(tiny_checkpoint, data), mine, progress=False, overwrite=overwrite)
+            finetune.train(tiny_settings(tiny_checkpoint, food_one), mine, progress=False, overwrite=overwrite)
     assert (mine / "thesis.txt").read_text(encoding="utf-8") == "precious"
 
 
@@ -193,68 +186,3 @@ def test_commands_for_each_hardware_path(tmp_path):
     # Written for the course's GPU machines; this laptop has no GPU, so only the command is checked.
     assert many[1:5] == ["-m", "torch.distributed.run", "--nproc-per-node", "4"]
     assert many[-2:] == ["--deepspeed", "deepspeed_zero2"] and "labkit.train.launch" in many
-
-
-# -- the committed base model ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def fresh_pictures(tmp_path_factory):
-    """New pictures (seed 7, never trained on): 2 of every dish, in the general and food test splits."""
-    from labkit.data.build import build_datasets
-
-    sizes = {"general": {"train": 0, "val": 0, "test": 2}, "food": {"train": 0, "val": 0, "test": 2}}
-    return build_datasets(tmp_path_factory.mktemp("base-pictures") / "data", seed=7, sizes=sizes)
-
-
-def test_committed_base_model_matches_the_current_code():
-    from labkit.course import base_model
-    from labkit.checkpoints.folder import TINY_VOCAB, check_model_folder
-    from labkit.checkpoints.tokenizer import course_texts, train_tokenizer
-
-    folder = base_model.ASSET_DIR
-    check_model_folder(folder)
-    assert base_model.stale_code(folder) == [], (
-        "labkit/model changed since the base model was built: run "
-        "`labkit base-model refresh-code labkit/assets/base-tiny` (or rebuild it) and commit")
-    from transformers import AutoTokenizer
-
-    shipped = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=True).get_vocab()
-    assert shipped == train_tokenizer(course_texts(), vocab_size=TINY_VOCAB).get_vocab(), (
-        "the course texts (dishes, prompts) changed: rebuild the base model "
-        "(labkit base-model build labkit/assets/base-tiny --overwrite)")
-    report = json.loads((folder / base_model.REPORT_NAME).read_text(encoding="utf-8"))
-    assert base_model.BaseCheck(**{k: report["check"][k] for k in
-                                   ("known_accuracy", "held_back_accuracy", "sentence_rate", "answers")}).failures() == []
-
-
-def test_committed_base_model_answers_new_pictures(fresh_pictures):
-    """Loaded with the current code, it names known dishes, never 肠粉, in the sentence form."""
-    import torch
-
-    from labkit.course import base_model
-    from labkit.checkpoints.folder import load_checkpoint
-    from labkit.eval.evaluate import evaluate
-
-    torch.set_num_threads(1)
-    loaded = load_checkpoint(base_model.ASSET_DIR)
-    images = fresh_pictures["image_folder"]
-    general = evaluate(base_model.ASSET_DIR, fresh_pictures["general"]["test"], images, model=loaded)
-    food = evaluate(base_model.ASSET_DIR, fresh_pictures["food"]["test"], images, model=loaded)
-    assert general.accuracy("known") >= 0.7  # 20 pictures: a little below the 80 % target is noise
-    assert general.sentence_rate() >= 0.95
-    assert food.accuracy("held_back") == 0.0
-    assert not any(a.named == "肠粉" for a in food.answers)
-
-
-def test_ensure_base_returns_the_committed_folder(tmp_path):
-    from labkit.course import base_model
-    assert base_model.ensure_base(tmp_path / "cache") == base_model.ASSET_DIR
-    assert not (tmp_path / "cache").exists()  # nothing was built
-
-
-def test_the_base_model_fingerprint_reads_every_file_it_names():
-    """Each entry of base_model.SOURCES names files that exist (a moved module must move here too)."""
-    from labkit.course import base_model
-    from labkit.fileio import PACKAGE_DIR
-
-    missing = [pattern for pattern in base_model.SOURCES if not list(PACKAGE_DIR.glob(pattern))]
-    assert not missing, f"base_model.SOURCES names no file for {missing}"

@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from fixtures_model import run_python, tiny_checkpoint, tiny_tokenizer  # noqa: F401  (pytest fixtures)
+from helpers import run_python
 from labkit.checkpoints.folder import CheckpointError, check_model_folder, load_checkpoint, write_checkpoint
 
 

@@ -12,7 +12,7 @@ import io
 
 import pytest
 
-from fixtures_model import noise_image, tiny_checkpoint  # noqa: F401  (pytest fixture)
+from helpers import noise_image
 from labkit.chat import ChatEngine, Sampling, TransformersEngine
 from labkit.chat.widget import ChatCell
 
@@ -27,7 +27,7 @@ CSS = {
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_checkpoint):  # noqa: F811
+def engine(tiny_checkpoint):
     return TransformersEngine(tiny_checkpoint)
 
 

@@ -6,69 +6,26 @@ JSON, data URL, SSE stream, prompt built on the server - must be exact for the t
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import queue
-import subprocess
-import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from fixtures_model import REPO_ROOT, noise_image, tiny_checkpoint  # noqa: F401  (pytest fixture)
+from helpers import noise_image, serve
 from labkit.chat import ChatInputError, OpenAIEngine, Sampling, TransformersEngine
 
-START_TIMEOUT_S = 180
 SHORT = Sampling(max_new_tokens=16)
 
 
-@contextlib.contextmanager
-def serve(model_dir):
-    """Start ``labkit.chat.server`` for ``model_dir`` on a free port (port 0; it prints its URL); yield the
-    URL; stop it afterwards - also on failure."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "labkit", "serve", str(model_dir), "--port", "0", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT,
-    )
-    lines = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
-    try:
-        deadline, seen = time.monotonic() + START_TIMEOUT_S, []
-        url = None
-        while url is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or process.poll() is not None:
-                pytest.fail(f"labkit.chat.server did not start within {START_TIMEOUT_S} s:\n{''.join(seen)}")
-            try:
-                line = lines.get(timeout=min(remaining, 5))
-            except queue.Empty:
-                continue
-            seen.append(line)
-            if "labkit.chat.server: serving" in line:
-                url = line.rsplit(" at ", 1)[1].strip()
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=20)
-
-
 @pytest.fixture(scope="module")
-def server_url(tiny_checkpoint):  # noqa: F811
+def server_url(tiny_checkpoint):
     with serve(tiny_checkpoint) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def local(tiny_checkpoint):  # noqa: F811
+def local(tiny_checkpoint):
     return TransformersEngine(tiny_checkpoint)
 
 
@@ -88,7 +45,7 @@ def post(url, payload, raw=None):
         return err.code, json.load(err)
 
 
-def test_models_lists_the_served_checkpoint(client, tiny_checkpoint):  # noqa: F811
+def test_models_lists_the_served_checkpoint(client, tiny_checkpoint):
     assert client.model == tiny_checkpoint.name  # asked from /v1/models
 
 
@@ -119,7 +76,7 @@ def test_multi_turn_conversation(client, local):
     assert second == local.ask("它是哪里的？", image, [("<image>\n这是什么菜？", first)], settings=SHORT)
 
 
-def test_a_system_message_replaces_the_system_prompt(server_url, local, tiny_checkpoint):  # noqa: F811
+def test_a_system_message_replaces_the_system_prompt(server_url, local, tiny_checkpoint):
     custom = OpenAIEngine(server_url, system="你是美食专家。", timeout=120)
     expected = TransformersEngine(tiny_checkpoint, system="你是美食专家。").ask("你好", settings=SHORT)
     assert custom.ask("你好", settings=SHORT) == expected

@@ -18,16 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures_model import REPO_ROOT, image_tiles, noise_image, randomize_, run_python, tiny_checkpoint  # noqa: F401
-from opengvlab_like_folder import (  # noqa: F401  (pytest fixture)
-    FIXTURE_SYSTEM_MESSAGE, REMOTE_CODE_FILES, TEMPLATE, opengvlab_like_checkpoint,
-)
+from helpers import assert_demo_serves, image_tiles, noise_image, randomize_, run_python, serve, shared_cache
+from opengvlab_like_folder import FIXTURE_SYSTEM_MESSAGE, REMOTE_CODE_FILES, TEMPLATE
 
 from labkit.checkpoints import remote_code
 from labkit.chat import (ChatInputError, Sampling, TransformersEngine, clean_answer, lmdeploy_chat_template,
                          render_prompt, resolve_template)
 from labkit.checkpoints.folder import CheckpointError, check_model_folder, load_checkpoint
 from labkit.checkpoints.remote_code import FolderTemplates, RemoteCodeError, adapt_for_generation, missing_packages
+from labkit.fileio import REPO_ROOT
 
 QUESTION = "图中的菜是什么？"
 GREEDY = dict(max_new_tokens=6, do_sample=False)
@@ -45,12 +44,12 @@ sys.meta_path[:] = [Hide if f is PathFinder else f for f in sys.meta_path]
 
 
 @pytest.fixture(scope="module")
-def loaded(opengvlab_like_checkpoint):  # noqa: F811
+def loaded(opengvlab_like_checkpoint):
     return load_checkpoint(opengvlab_like_checkpoint)
 
 
 @pytest.fixture(scope="module")
-def engine(opengvlab_like_checkpoint):  # noqa: F811
+def engine(opengvlab_like_checkpoint):
     return TransformersEngine(opengvlab_like_checkpoint)
 
 
@@ -80,7 +79,7 @@ def test_missing_packages_are_named_with_the_file_that_imports_them(tmp_path):
         remote_code.check_imports(tmp_path)
 
 
-def test_the_folder_check_names_timm_when_it_is_missing(opengvlab_like_checkpoint):  # noqa: F811
+def test_the_folder_check_names_timm_when_it_is_missing(opengvlab_like_checkpoint):
     code = HIDE_PACKAGE.format(name="timm") + (
         "from labkit.checkpoints.folder import check_model_folder, CheckpointError\n"
         f"try:\n    check_model_folder({str(opengvlab_like_checkpoint)!r})\n"
@@ -89,7 +88,7 @@ def test_the_folder_check_names_timm_when_it_is_missing(opengvlab_like_checkpoin
     assert "REFUSED" in done.stdout and "timm (imported by modeling_intern_vit.py)" in done.stdout
 
 
-def test_refresh_code_leaves_a_folder_with_its_own_code_alone(opengvlab_like_checkpoint, tmp_path):  # noqa: F811
+def test_refresh_code_leaves_a_folder_with_its_own_code_alone(opengvlab_like_checkpoint, tmp_path):
     folder = shutil.copytree(opengvlab_like_checkpoint, tmp_path / "own-code")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     done = subprocess.run([sys.executable, "-m", "labkit", "base-model", "refresh-code", str(folder)],
@@ -122,7 +121,7 @@ def test_generation_with_the_legacy_cache_equals_generation_without_it(loaded):
     assert runs[0].tolist() == runs[1].tolist()
 
 
-def test_labkits_loader_drops_the_warning_the_layer_makes_moot(opengvlab_like_checkpoint):  # noqa: F811
+def test_labkits_loader_drops_the_warning_the_layer_makes_moot(opengvlab_like_checkpoint):
     import logging
 
     from transformers import AutoModel
@@ -152,7 +151,7 @@ def test_adapting_is_idempotent_and_leaves_labkits_code_alone(loaded, tiny_check
     assert type(own.language_model) is before and not remote_code.needs_adapting(own)
 
 
-def test_a_transformers_version_the_layer_cannot_serve_is_refused(opengvlab_like_checkpoint, monkeypatch):  # noqa: F811
+def test_a_transformers_version_the_layer_cannot_serve_is_refused(opengvlab_like_checkpoint, monkeypatch):
     import transformers
     from transformers import AutoModel
 
@@ -163,7 +162,7 @@ def test_a_transformers_version_the_layer_cannot_serve_is_refused(opengvlab_like
 
 
 def test_labkits_own_code_on_the_folders_weights_gives_the_same_logits_and_answers(
-        opengvlab_like_checkpoint, tmp_path):  # noqa: F811
+        opengvlab_like_checkpoint, tmp_path):
     folder = labkit_named_copy(opengvlab_like_checkpoint, tmp_path / "named")
     # order-one random weights, so a missing bias or norm would change the logits
     theirs, tokenizer = load_checkpoint(folder)
@@ -184,13 +183,13 @@ def test_labkits_own_code_on_the_folders_weights_gives_the_same_logits_and_answe
     assert answers[0] == answers[1]
 
 
-def test_labkits_code_refuses_a_template_it_does_not_know(opengvlab_like_checkpoint):  # noqa: F811
+def test_labkits_code_refuses_a_template_it_does_not_know(opengvlab_like_checkpoint):
     with pytest.raises(CheckpointError, match=f"template '{TEMPLATE}' is not one of labkit's"):
         load_checkpoint(opengvlab_like_checkpoint, code="labkit")
 
 
 # -- templates, engines, CLIs -------------------------------------------------------------------
-def test_templates_come_from_the_folders_own_conversation_module(opengvlab_like_checkpoint, loaded):  # noqa: F811
+def test_templates_come_from_the_folders_own_conversation_module(opengvlab_like_checkpoint, loaded):
     templates = FolderTemplates(opengvlab_like_checkpoint)
     assert TEMPLATE in templates and templates.system_message(TEMPLATE) == FIXTURE_SYSTEM_MESSAGE
     assert FolderTemplates.of_model(loaded[0]).names() == templates.names()
@@ -210,7 +209,7 @@ def test_the_engine_prompts_and_answers_exactly_as_the_folders_own_chat(engine, 
     assert "".join(engine.stream(QUESTION, picture, settings=settings)) == own
 
 
-def test_lmdeploy_template_fields_reproduce_the_folders_prompt(opengvlab_like_checkpoint):  # noqa: F811
+def test_lmdeploy_template_fields_reproduce_the_folders_prompt(opengvlab_like_checkpoint):
     templates = FolderTemplates(opengvlab_like_checkpoint)
     fields = lmdeploy_chat_template(TEMPLATE, None, templates)
     history = [("第一个问题", "第一个回答")]
@@ -221,7 +220,7 @@ def test_lmdeploy_template_fields_reproduce_the_folders_prompt(opengvlab_like_ch
     assert rebuilt == expected and fields["stop_words"] == ["<|im_end|>"]
 
 
-def test_the_chat_cli_answers_with_the_folders_code(opengvlab_like_checkpoint, picture, engine, tmp_path):  # noqa: F811
+def test_the_chat_cli_answers_with_the_folders_code(opengvlab_like_checkpoint, picture, engine, tmp_path):
     done = run_python(["-m", "labkit", "chat", opengvlab_like_checkpoint, QUESTION, "--image", picture,
                        "--max-new-tokens", "8", "--backend", "transformers"])
     assert done.stdout.strip().splitlines()[-1] == engine.ask(QUESTION, picture, settings=Sampling(max_new_tokens=8))
@@ -230,9 +229,7 @@ def test_the_chat_cli_answers_with_the_folders_code(opengvlab_like_checkpoint, p
     assert json.loads(out.read_text(encoding="utf-8"))["meta_instruction"] == FIXTURE_SYSTEM_MESSAGE
 
 
-def test_the_server_answers_as_the_local_engine(opengvlab_like_checkpoint, engine, picture):  # noqa: F811
-    from test_server import serve
-
+def test_the_server_answers_as_the_local_engine(opengvlab_like_checkpoint, engine, picture):
     from labkit.chat import OpenAIEngine
 
     with serve(opengvlab_like_checkpoint) as url:
@@ -251,8 +248,6 @@ def test_the_demo_handlers_chat_with_the_folder(engine, picture):
 
 
 def test_the_web_demo_serves_the_folder(engine):
-    from test_chat import assert_demo_serves
-
     assert_demo_serves(engine)
 
 
@@ -267,7 +262,7 @@ def test_the_architecture_trace_runs_on_the_folders_code(loaded):
 
 
 def test_training_samples_carry_the_folders_own_system_prompt(opengvlab_like_checkpoint, tiny_checkpoint,
-                                                               tmp_path):  # noqa: F811
+                                                               tmp_path):
     from xtuner.utils import PROMPT_TEMPLATE
 
     from labkit.model.conversation import XTUNER_SYSTEM
@@ -286,12 +281,10 @@ def test_training_samples_carry_the_folders_own_system_prompt(opengvlab_like_che
 
 # -- XTuner, conversion and the notebooks on it (minutes) -----------------------------------
 @pytest.fixture(scope="module")
-def trained_opengvlab_like(opengvlab_like_checkpoint, tmp_path_factory):  # noqa: F811
+def trained_opengvlab_like(opengvlab_like_checkpoint, tmp_path_factory):
     """The stand-in pretrained like labkit's base model: XTuner full fine-tune, conversion, targets."""
     from labkit.course.base_model import build
     from labkit.course.workspace import Workspace
-
-    from test_notebooks import shared_cache
 
     data_root = Workspace(tmp_path_factory.mktemp("ws"), shared_cache()).data()["root"]
     out = tmp_path_factory.mktemp("trained") / "opengvlab-like-base"
@@ -299,7 +292,7 @@ def trained_opengvlab_like(opengvlab_like_checkpoint, tmp_path_factory):  # noqa
 
 
 @pytest.mark.slow
-def test_xtuner_trains_and_conversion_keeps_the_folders_code(trained_opengvlab_like, opengvlab_like_checkpoint):  # noqa: F811
+def test_xtuner_trains_and_conversion_keeps_the_folders_code(trained_opengvlab_like, opengvlab_like_checkpoint):
     folder = trained_opengvlab_like
     check_model_folder(folder)
     for name in REMOTE_CODE_FILES + ("tokenizer.model", "tokenizer_config.json", "added_tokens.json"):
@@ -317,8 +310,6 @@ def test_xtuner_trains_and_conversion_keeps_the_folders_code(trained_opengvlab_l
 @pytest.mark.slow
 def test_every_notebook_runs_on_the_folder(trained_opengvlab_like, tmp_path):
     from labkit.course.main import NOTEBOOKS, run_course
-
-    from test_notebooks import shared_cache
 
     run_dir = tmp_path / "run"
     run_course(run_dir, shared_cache(), parameters={"model_dir": str(trained_opengvlab_like)}, progress=False)

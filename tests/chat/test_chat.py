@@ -13,7 +13,7 @@ import time
 import pytest
 from PIL import Image
 
-from fixtures_model import noise_image, run_python, tiny_checkpoint  # noqa: F401  (pytest fixture)
+from helpers import assert_demo_serves, noise_image, run_python
 from labkit.chat import (
     IMG_CONTEXT,
     ChatInputError,
@@ -37,7 +37,7 @@ WIDE = (192, 64)  # tiny tiling: a 3x1 grid + thumbnail = 4 tiles
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_checkpoint):  # noqa: F811
+def engine(tiny_checkpoint):
     return TransformersEngine(tiny_checkpoint)
 
 
@@ -129,7 +129,7 @@ def test_the_image_reaches_the_model(engine):
     assert len(answers) > 1, "three different pictures gave one answer: the pixels never reach the model"
 
 
-def test_another_template_can_be_chosen_by_name(tiny_checkpoint):  # noqa: F811
+def test_another_template_can_be_chosen_by_name(tiny_checkpoint):
     other = TransformersEngine(tiny_checkpoint, template="internlm2-chat")
     assert other.template == "internlm2-chat"
     assert INTERNVL_SYSTEM in other.prompt("你好") and XTUNER_SYSTEM not in other.prompt("你好")
@@ -237,7 +237,7 @@ def test_history_must_match_the_picture(engine):
 # -- picking an engine, LMDeploy's side ------------------------------------------------------
 
 
-def test_make_engine_says_what_it_picked(tiny_checkpoint, capsys):  # noqa: F811
+def test_make_engine_says_what_it_picked(tiny_checkpoint, capsys):
     import torch
 
     if torch.cuda.is_available():
@@ -252,7 +252,7 @@ def test_make_engine_says_what_it_picked(tiny_checkpoint, capsys):  # noqa: F811
 
 
 @pytest.mark.skipif(importlib.util.find_spec("lmdeploy") is not None, reason="lmdeploy is installed")
-def test_lmdeploy_missing_says_where_to_get_it(tiny_checkpoint):  # noqa: F811
+def test_lmdeploy_missing_says_where_to_get_it(tiny_checkpoint):
     with pytest.raises(ImportError, match="requirements/lmdeploy.txt"):
         LMDeployEngine(tiny_checkpoint)
 
@@ -271,7 +271,7 @@ def test_lmdeploy_template_fields_rebuild_labkits_prompt(name):
     assert fields["stop_words"] == ["<|im_end|>"]
 
 
-def test_cli_prints_the_prompt_and_an_answer(tiny_checkpoint, tmp_path, capsys):  # noqa: F811
+def test_cli_prints_the_prompt_and_an_answer(tiny_checkpoint, tmp_path, capsys):
     image = tmp_path / "dish.png"
     noise_image(*WIDE).save(image)
     assert main([str(tiny_checkpoint), "这是什么菜？", "--image", str(image), "--max-new-tokens", "5",
@@ -306,31 +306,11 @@ def test_demo_page_builds_and_serves(engine):
     assert_demo_serves(engine)
 
 
-def assert_demo_serves(engine):
-    """Build the gradio demo on ``engine``, serve it on a free loopback port, fetch its page."""
-    pytest.importorskip("gradio", reason="gradio is an optional extra (requirements/demo.txt)")
-    import socket
-    import urllib.request
-
-    from labkit.chat.demo import build_demo
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    demo = build_demo(engine)
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
-            assert page.status == 200
-    finally:
-        demo.close()
-
-
 # -- LMDeploy on a GPU (its own environment: requirements/lmdeploy.txt) ----------------------
 
 
 @pytest.mark.gpu
-def test_lmdeploy_reads_the_same_prompt_as_transformers(tiny_checkpoint):  # noqa: F811
+def test_lmdeploy_reads_the_same_prompt_as_transformers(tiny_checkpoint):
     """LMDeploy, given labkit's template, reads exactly as many tokens as labkit's own prompt.
 
     Exact answers are not compared: the tiny model's random logits are nearly tied, so two

@@ -11,17 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fixtures_model import (  # noqa: F401  (pytest fixtures)
-    REPO_ROOT,
-    image_tiles,
-    load_remote,
-    noise_image,
-    parity_checkpoint,
-    run_python,
-    tiny_checkpoint,
-    tiny_tokenizer,
-)
+from helpers import image_tiles, load_remote, noise_image, run_python
+
 from labkit.checkpoints.folder import INTERNVL2_2B_CONFIG, build_model, load_config
+from labkit.fileio import REPO_ROOT
 from labkit.model import pixel_shuffle
 
 # --- 1. a checkpoint stands on its own: fresh process, Auto classes, remote code ------------

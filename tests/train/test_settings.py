@@ -12,7 +12,6 @@ from labkit.fileio import REPO_ROOT
 from labkit.train import settings as S
 from labkit.train import xtuner_config as X
 from labkit.train.settings import Settings, SettingsError  # noqa: F401
-from fixtures_model import tiny_checkpoint  # noqa: F401,E402
 
 
 def test_course_gpu_holds_the_course_values():
@@ -227,7 +226,7 @@ def test_planned_iterations_match_xtuners_sampler_and_dataloader():
         assert len(DataLoader(Lengths(samples), batch_size=batch, sampler=sampler)) == s.planned_iterations(samples)
 
 
-def test_several_annotation_files_build_one_xtuner_dataset(tmp_path, tiny_checkpoint):  # noqa: F811
+def test_several_annotation_files_build_one_xtuner_dataset(tmp_path, tiny_checkpoint):
     """XTuner wants as many image folders and repeat counts as annotation files."""
     from mmengine.config import Config
 
