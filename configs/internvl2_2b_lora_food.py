@@ -1,7 +1,7 @@
 # XTuner config: InternVL2 LoRA fine-tune on the CUDA.
 # Generated from labkit.train.settings' preset course_gpu() by `labkit configs render`.
 # An example, not a source: edit the preset (or your own Settings) and render again, not this
-# file; nothing reads it back, and tests/test_settings.py fails when it differs from a render.
+# file; nothing reads it back, and tests/train/test_settings.py fails when it differs from a render.
 # What a student runs on it (XTuner's own trainer, from the repository root):
 #     python -m labkit.train.launch configs/internvl2_2b_lora_food.py --work-dir work_dirs/internvl2_2b_lora_food
 # Plain `xtuner train` opens no process group for a single process, and XTuner's InternVL model

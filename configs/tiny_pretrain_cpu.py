@@ -1,7 +1,7 @@
 # XTuner config: InternVL2 full fine-tune on the CPU.
 # Generated from labkit.train.settings' preset tiny_pretrain_cpu() by `labkit configs render`.
 # An example, not a source: edit the preset (or your own Settings) and render again, not this
-# file; nothing reads it back, and tests/test_settings.py fails when it differs from a render.
+# file; nothing reads it back, and tests/train/test_settings.py fails when it differs from a render.
 # What a student runs on it (XTuner's own trainer, from the repository root):
 #     python -m labkit.train.launch configs/tiny_pretrain_cpu.py --work-dir work_dirs/tiny_pretrain_cpu
 # Plain `xtuner train` opens no process group for a single process, and XTuner's InternVL model

@@ -287,7 +287,7 @@ def _provenance(preset: str | None) -> str:
     return (
         f"# Generated from labkit.train.settings' preset {preset}() by `{RENDER_COMMAND}`.\n"
         "# An example, not a source: edit the preset (or your own Settings) and render again, not this\n"
-        "# file; nothing reads it back, and tests/test_settings.py fails when it differs from a render.\n"
+        "# file; nothing reads it back, and tests/train/test_settings.py fails when it differs from a render.\n"
         "# What a student runs on it (XTuner's own trainer, from the repository root):\n"
         f"#     python -m labkit.train.launch configs/{file} --work-dir work_dirs/{file[:-3]}\n"
         "# Plain `xtuner train` opens no process group for a single process, and XTuner's InternVL model\n"

@@ -1,6 +1,6 @@
 """labkit.chat.widget.ChatCell driven headlessly: set widget values, press buttons, read the areas.
 
-The side-by-side cell, labkit.chat.compare.CompareCell, has its own tests in tests/test_compare.py.
+The side-by-side cell, labkit.chat.compare.CompareCell, has its own tests in tests/chat/test_compare.py.
 
 A real-browser test selects the same parts by their CSS classes, so those are checked too.
 """

@@ -1,6 +1,6 @@
 """labkit's InternVL2 against transformers' own InternVL, an independent implementation.
 
-The tiny parity checkpoint (every weight random, see fixtures_model.py) is loaded through its
+The tiny parity checkpoint (every weight random, see tests/conftest.py) is loaded through its
 remote code, its weights are renamed and split into ``InternVLForConditionalGeneration``
 (labkit/checkpoints/reference.py), and both models read the same prompt with the same image tiles.
 Equal logits mean labkit computes what InternVL2 computes: fused wqkv split per kv group,

@@ -2,7 +2,7 @@
 
 Two different tiny models, so the two answers can differ: the committed base model
 (labkit/assets/base-tiny) and a fresh random checkpoint made by ``labkit checkpoint --tiny``.
-The real-browser test of the same cell is in tests/test_browser.py.
+The real-browser test of the same cell is in tests/chat/test_browser.py.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import json
 import pytest
 from PIL import Image
 
-from fixtures_model import noise_image, tiny_checkpoint  # noqa: F401  (pytest fixture)
+from helpers import noise_image
 from labkit.chat import ChatEngine, ChatInputError, Sampling, TransformersEngine
 from labkit.chat.compare import SIDES, CompareCell, dish_gallery
 from labkit.course.base_model import ASSET_DIR
@@ -25,7 +25,7 @@ CSS = ("gallery", "pick", "upload", "preview", "input", "ask", "max-tokens", "ba
 
 
 @pytest.fixture(scope="module")
-def engines(tiny_checkpoint):  # noqa: F811
+def engines(tiny_checkpoint):
     return TransformersEngine(ASSET_DIR), TransformersEngine(tiny_checkpoint)
 
 

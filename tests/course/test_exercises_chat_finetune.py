@@ -223,7 +223,7 @@ def test_the_planners_lora_count_is_what_xtuner_trains(tmp_path):
     """nb03's count (the planner's formula + the output head) equals a real XTuner LoRA model's
     lora_A / lora_B tensors, saved as XTuner saves them."""
     pytest.importorskip("xtuner.model", reason="XTuner builds the model")
-    from test_convert import build_xtuner_model, lora_settings, save_like_mmengine, write_config
+    from xtuner_checkpoints import build_xtuner_model, lora_settings, save_like_mmengine, write_config
 
     from labkit.checkpoints.folder import write_checkpoint
 

@@ -264,7 +264,7 @@ def test_labkit_publish_card_refuses_a_folder_that_is_no_model(tmp_path, capsys)
 # --- a real conversion -----------------------------------------------------------------------------
 def test_a_converted_folder_has_its_card_and_passes(tmp_path):
     pytest.importorskip("xtuner.model", reason="XTuner builds the checkpoint")
-    from test_convert import build_xtuner_model, lora_settings, move_weights, save_like_mmengine, write_config
+    from xtuner_checkpoints import build_xtuner_model, lora_settings, move_weights, save_like_mmengine, write_config
 
     from labkit.convert import convert
 
