@@ -34,6 +34,30 @@ from labkit.train.settings import course_gpu, tiny_lora_cpu  # noqa: E402
 
 MODES = {"stock": dict(lean_logits=False), "lean": dict(lean_logits=True),
          "fast": dict(lean_logits=True, gradient_checkpointing=False)}
+# Speed options of labkit.train.lean.LeanInternVL, each on top of `lean` (issue 12): passed to the model
+# type through the rendered config (see `with_model_options`), one change per row.
+OPTIONS = {"liger": dict(liger_kernels=True), "compile": dict(compile_layers=True),
+           "plain2": dict(plain_layers=2), "plain3": dict(plain_layers=3),
+           "liger+plain3": dict(liger_kernels=True, plain_layers=3),
+           "compile+plain3": dict(compile_layers=True, plain_layers=3),
+           "liger+compile": dict(liger_kernels=True, compile_layers=True)}
+MODES.update({name: dict(lean_logits=True) for name in OPTIONS})
+GRAD_NORM = re.compile(r"grad_norm:\s*([0-9.]+)")
+
+
+def with_model_options(write_config, options):
+    """finetune.write_config that also hands ``options`` to LeanInternVL in the config."""
+    def write(settings, path, **kwargs):
+        path = write_config(settings, path, **kwargs)
+        text = Path(path).read_text(encoding="utf-8")
+        extra = "".join(f"    {key}={value!r},\n" for key, value in options.items())
+        marker = "    type=LeanInternVL,"
+        assert marker in text, "the options need labkit.train.lean.LeanInternVL in the config"
+        head, tail = text.split(marker, 1)
+        line_end = tail.index("\n") + 1
+        Path(path).write_text(head + marker + tail[:line_end] + extra + tail[line_end:], encoding="utf-8")
+        return path
+    return write
 ITERATION = re.compile(r"Iter\(train\)\s*\[\s*(\d+)/")
 TIME = re.compile(r"(?<![_\w])time:\s*([0-9.]+)")
 MEMORY = re.compile(r"memory:\s*(\d+)")
@@ -113,13 +137,19 @@ def main(argv=None):
                                     batch_size=batch, accumulative_counts=1, max_epochs=1, warmup_ratio=0.0,
                                     save_steps=10**6, log_interval=1, device=device, **knobs)
             started = time.perf_counter()
+            original = finetune.write_config
+            if mode in OPTIONS:
+                finetune.write_config = with_model_options(original, OPTIONS[mode])
             try:
                 result = finetune.train(settings, work / f"run-b{batch}-{mode}", progress=False)
             except finetune.TrainingError as err:
                 rows.append({"batch": batch, "mode": mode, "error": str(err).splitlines()[0]})
                 print(rows[-1], flush=True)
                 continue
+            finally:
+                finetune.write_config = original
             step, peak = figures_from_log(result.log_path)
+            norms = GRAD_NORM.findall(Path(result.log_path).read_text(encoding="utf-8", errors="replace"))
             text = plan.KIT_SETTINGS["text_tokens"]  # prompt + answer tokens of write_data's samples
             tokens = batch * (tiles * (16 if args.tiny else 256) + text)
             # the planner reads the same Settings; its XTuner model type picks the engine
@@ -130,9 +160,14 @@ def main(argv=None):
                          "peak_allocated_gib": round(peak, 2) if peak else None,
                          "planned_gib": round(predicted, 2) if predicted else None,
                          "ratio_plan_over_measured": round(predicted / peak, 3) if predicted and peak else None,
-                         "final_loss": result.losses[-1][1], "wall_s": round(time.perf_counter() - started, 1)})
+                         "final_loss": result.losses[-1][1], "losses": [loss for _, loss in result.losses],
+                         "grad_norms": [float(n) for n in norms], "options": OPTIONS.get(mode, {}),
+                         "wall_s": round(time.perf_counter() - started, 1)})
             print(rows[-1], flush=True)
+            if args.out:  # after every row: a run cut short still leaves its rows
+                args.out.write_text(json.dumps({"rows": rows}, indent=2, ensure_ascii=False), encoding="utf-8")
     report = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "torch": torch.__version__,
+              "command": "python benchmarks/gpu_train.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "tiles_per_sample": tiles, "picture": list(size), "iters": args.iters, "rows": rows}
     print(json.dumps(report, indent=2, ensure_ascii=False))
     if args.out:

@@ -11,7 +11,7 @@ checkpoint through every public path there, on the CPU, in a few seconds::
 The overlay is a folder of packages that shadows the virtualenv's own when it is first on
 PYTHONPATH; the virtualenv itself is not touched. Without PYTHONPATH the same script checks
 whatever transformers is installed (4.57 in the course venv). ``--save FILE`` writes the logits
-of the test prompt, so two runs under two versions can be compared (tests/test_model.py does).
+of the test prompt, so two runs under two versions can be compared (tests/model/test_model.py does).
 
 Checks: versions; AutoTokenizer/AutoModel with trust_remote_code; the loaded weights equal the
 safetensors files; forward with labels (finite loss, gradients reach the vision tower, the

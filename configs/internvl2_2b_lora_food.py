@@ -1,6 +1,11 @@
 # XTuner config: InternVL2 LoRA fine-tune on the CUDA.
-# Rendered from labkit.train.settings (python -m labkit.train.settings render); edit PART 1 only,
-# or better, change the Settings and render again.
+# Generated from labkit.train.settings' preset course_gpu() by `labkit configs render`.
+# An example, not a source: edit the preset (or your own Settings) and render again, not this
+# file; nothing reads it back, and tests/train/test_settings.py fails when it differs from a render.
+# What a student runs on it (XTuner's own trainer, from the repository root):
+#     python -m labkit.train.launch configs/internvl2_2b_lora_food.py --work-dir work_dirs/internvl2_2b_lora_food
+# Plain `xtuner train` opens no process group for a single process, and XTuner's InternVL model
+# asks for one on every step (labkit/train/launch.py explains).
 from mmengine.hooks import (CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook,
                             ParamSchedulerHook)
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
@@ -174,7 +179,7 @@ env_cfg = dict(
     dist_cfg=dict(backend="nccl"),  # NCCL between GPUs
 )
 
-visualizer = None
+visualizer = None  # mmengine's default, which logs every loss to <work dir>/<time>/vis_data/scalars.json
 log_level = "INFO"
 load_from = None
 resume = False

@@ -10,12 +10,12 @@
   and stops it, and playwright's driver, on the way out.
 * :func:`parameterized_notebook` copies a course notebook with its parameters injected the way
   papermill does it (a cell tagged ``injected-parameters`` after the ``parameters`` cell).
+* :func:`code_notebook` writes a small notebook of the test's own code cells.
 * :class:`NotebookPage` drives a notebook in the JupyterLab page: wait for a really idle kernel,
   Run All, wait until every code cell has run.
-* :func:`base_model_dir` is a session fixture: the tiny base model notebook 02 uses by default
-  (``Workspace.base_model()``: the committed ``labkit/assets/base-tiny``, or else a build in the
-  shared test cache ``LABKIT_TEST_CACHE``, default ``<repo>/.cache/labkit-test``), made once for
-  every test that needs it.
+
+The tiny base model notebook 02 uses by default is the session fixture ``base_model_dir`` in
+``tests/conftest.py``.
 """
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ import warnings
 from pathlib import Path
 
 import psutil
-import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from labkit.fileio import REPO_ROOT
+
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO_ROOT / "runs" / "test-artifacts"
 
@@ -76,22 +76,6 @@ def cjk_font_missing_reason() -> str | None:
         return None
     return ("no Chinese font is installed, so screenshots show boxes instead of the dish names "
             "(the answers are still checked): ./lab setup installs one, or apt-get install fonts-wqy-zenhei")
-
-
-def test_cache_dir() -> Path:
-    """The cache shared by the slow tests: ``$LABKIT_TEST_CACHE`` or ``<repo>/.cache/labkit-test``."""
-    return Path(os.environ.get("LABKIT_TEST_CACHE") or REPO_ROOT / ".cache" / "labkit-test").resolve()
-
-
-test_cache_dir.__test__ = False  # a helper, not a test for pytest to collect
-
-
-@pytest.fixture(scope="session")
-def base_model_dir(tmp_path_factory):
-    """The tiny base model: labkit's committed one, or else built once into the shared test cache."""
-    from labkit.course.workspace import Workspace
-
-    return Workspace(tmp_path_factory.mktemp("base-model-run"), test_cache_dir()).base_model()
 
 
 def free_port() -> int:
@@ -348,6 +332,19 @@ def parameterized_notebook(source: Path, target: Path, parameters: dict) -> Path
     from papermill.parameterize import parameterize_notebook
 
     notebook = parameterize_notebook(load_notebook_node(str(source)), parameters)
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp")
+    nbformat.write(notebook, str(tmp))
+    os.replace(tmp, target)
+    return target
+
+
+def code_notebook(target: Path, sources: list[str]) -> Path:
+    """Write a notebook of code cells (``sources``, one string per cell) for the python3 kernel."""
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in sources])
+    notebook.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     target = Path(target)
     tmp = target.with_name(f".{target.name}.tmp")
     nbformat.write(notebook, str(tmp))

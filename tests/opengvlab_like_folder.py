@@ -13,7 +13,7 @@ The folder's weights come from labkit (``labkit.checkpoints.folder.build_model``
 real checkpoint names them, so labkit's and the fixture's implementations can be compared on them.
 
     build_opengvlab_like(out_dir, seed=0, source=None) -> Path
-    opengvlab_like_checkpoint  # session-scoped pytest fixture: the folder, built once
+    opengvlab_like_checkpoint  # the session fixture in conftest.py: the folder, built once
 """
 from __future__ import annotations
 
@@ -23,8 +23,6 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-
-import pytest
 
 FIXTURE_CODE = Path(__file__).resolve().parent / "opengvlab_like"
 REMOTE_CODE_FILES = (
@@ -200,14 +198,3 @@ def build_opengvlab_like(out_dir, seed=0, source=None, arch=None, device="cpu"):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-_BUILT = {}  # one build per session, shared by every module that imports the fixture
-
-
-@pytest.fixture(scope="session")
-def opengvlab_like_checkpoint(tmp_path_factory):
-    """Path of the OpenGVLab-like tiny folder (seed 0), built once per session."""
-    if "opengvlab_like" not in _BUILT:
-        _BUILT["opengvlab_like"] = build_opengvlab_like(tmp_path_factory.mktemp("ckpt") / FOLDER_NAME)
-    return _BUILT["opengvlab_like"]

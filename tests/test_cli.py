@@ -13,8 +13,8 @@ import pytest
 
 from labkit import cli
 from labkit.data.paint import render_to_file
+from labkit.fileio import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def labkit(*args, timeout=120):

@@ -13,14 +13,14 @@ import subprocess
 import sys
 import tomllib
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 import yaml
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parents[1]
+from labkit.fileio import REPO_ROOT
+
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)$")
 
 
@@ -40,15 +40,15 @@ def read_pins(lines) -> dict[str, str]:
 
 
 def base_pins() -> dict[str, str]:
-    return read_pins((ROOT / "requirements/base.txt").read_text(encoding="utf-8").splitlines())
+    return read_pins((REPO_ROOT / "requirements/base.txt").read_text(encoding="utf-8").splitlines())
 
 
 def nodeps_pins() -> dict[str, str]:
-    return read_pins((ROOT / "requirements/nodeps.txt").read_text(encoding="utf-8").splitlines())
+    return read_pins((REPO_ROOT / "requirements/nodeps.txt").read_text(encoding="utf-8").splitlines())
 
 
 def test_environment_yml_mirrors_base_txt_exactly():
-    env = yaml.safe_load((ROOT / "environment.yml").read_text(encoding="utf-8"))
+    env = yaml.safe_load((REPO_ROOT / "environment.yml").read_text(encoding="utf-8"))
     deps = env["dependencies"]
     assert "python=3.11" in deps and "pip" in deps
     pip_lists = [d["pip"] for d in deps if isinstance(d, dict) and "pip" in d]
@@ -57,7 +57,7 @@ def test_environment_yml_mirrors_base_txt_exactly():
 
 
 def test_environment_yml_tells_how_to_install_the_nodeps_pins():
-    text = (ROOT / "environment.yml").read_text(encoding="utf-8")
+    text = (REPO_ROOT / "environment.yml").read_text(encoding="utf-8")
     for name, version in nodeps_pins().items():
         assert re.search(rf"pip install --no-deps {re.escape(name)}=={re.escape(version)}", text), (
             f"environment.yml must tell conda users to run: pip install --no-deps {name}=={version}"
@@ -66,7 +66,7 @@ def test_environment_yml_tells_how_to_install_the_nodeps_pins():
 
 
 def test_pyproject_reads_its_dependencies_from_base_txt():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     dynamic = project["tool"]["setuptools"]["dynamic"]["dependencies"]
     assert dynamic == {"file": ["requirements/base.txt"]}
     assert project["project"]["requires-python"] == ">=3.11,<3.12"
@@ -99,26 +99,26 @@ def test_xtuner_internvl_dataset_imports_with_the_pinned_set():
 def test_importing_labkit_stays_light():
     done = subprocess.run(
         [sys.executable, "-c", "import sys, labkit; print(sorted({'torch', 'transformers', 'xtuner'} & set(sys.modules)))"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True,
     )
     assert done.stdout.strip() == "[]"
 
 
 def test_ci_goes_through_lab():
-    script = (ROOT / ".ci/run").read_text(encoding="utf-8")
+    script = (REPO_ROOT / ".ci/run").read_text(encoding="utf-8")
     assert script.startswith("#!/usr/bin/env bash\n")
     assert "set -euo pipefail" in script
     assert re.search(r"^exec \./lab test\b", script, re.MULTILINE)
 
 
 def test_lab_installs_both_requirement_files():
-    script = (ROOT / "lab").read_text(encoding="utf-8")
+    script = (REPO_ROOT / "lab").read_text(encoding="utf-8")
     assert "install -q -r requirements/base.txt" in script
     assert "install -q --no-deps -r requirements/nodeps.txt" in script
     assert "uv " not in script
 
 
 def test_lab_rejects_an_unknown_command():
-    done = subprocess.run(["bash", str(ROOT / "lab"), "frobnicate"], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(["bash", str(REPO_ROOT / "lab"), "frobnicate"], capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
     assert "Unknown command 'frobnicate'" in done.stderr and "./lab run" in done.stdout

@@ -106,7 +106,7 @@ def test_a_written_checkpoint_is_readable_by_others_and_spares_dot_old(tmp_path,
 
 
 def test_data_sets_and_configs_are_readable_by_others(tmp_path, umask):
-    from labkit.train import settings
+    from labkit.train import settings, xtuner_config
     from labkit.data.build import build_datasets
 
     sizes = {"general": {"train": 0, "val": 0, "test": 0}, "food": {"train": 0, "val": 0, "test": 1}}
@@ -115,7 +115,7 @@ def test_data_sets_and_configs_are_readable_by_others(tmp_path, umask):
     assert mode(built["root"]) == 0o777 & ~umask
     for path in (built["manifest"], built["food"]["test"], picture):
         assert mode(path) == 0o666 & ~umask, path
-    config = settings.write_config(settings.tiny_lora_cpu(), tmp_path / "configs" / "food.py")
+    config = xtuner_config.write_config(settings.tiny_lora_cpu(), tmp_path / "configs" / "food.py")
     assert mode(config) == 0o666 & ~umask
     assert hidden(tmp_path) == [] and hidden(tmp_path / "configs") == []
 

@@ -23,12 +23,17 @@ class TransformersEngine(ChatEngine):
     ``template`` names a template of the folder's own ``conversation.py`` (default: the one
     ``config.json`` names), ``system`` replaces the template's system prompt. The folder's own
     remote code runs (``code="labkit"`` runs its weights with labkit's model code instead).
+    ``fast_decode=True`` decodes greedy answers with a static KV cache and, on a GPU, a compiled
+    decode step replayed as a CUDA graph (`labkit.chat.fast_decode`; the first answer compiles for
+    about a minute). On the CPU its tokens equal ``generate``'s; on an H200 in bf16 they drifted
+    from the eager path's after 2-66 tokens (docs/benchmarks.md). It needs labkit's model code;
+    sampling (temperature > 0) still goes through ``generate``.
     """
 
     backend = "transformers"
 
     def __init__(self, model_dir, device="cpu", dtype=None, template=None, system=None,
-                 max_pixels=DEFAULT_MAX_PIXELS, code="folder"):
+                 max_pixels=DEFAULT_MAX_PIXELS, code="folder", fast_decode=False):
         import torch
 
         from labkit.checkpoints.folder import load_checkpoint
@@ -48,6 +53,14 @@ class TransformersEngine(ChatEngine):
         self.model.img_context_token_id = self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
         self.stop_token_id = self.tokenizer.convert_tokens_to_ids(self.templates.get(self.template).sep)
         self._lock = threading.Lock()  # one generation at a time (a threaded server shares the engine)
+        self.fast_decode = None
+        if fast_decode:
+            from labkit.chat.fast_decode import StaticGreedyDecoder, supports_static_cache
+
+            if not supports_static_cache(self.model):
+                raise ValueError(f"fast_decode=True needs labkit's model code, which {model_dir} does not run: "
+                                 "pass code='labkit' (or leave fast_decode off).")
+            self.fast_decode = StaticGreedyDecoder(self.model.language_model)
 
     @property
     def description(self):
@@ -84,8 +97,22 @@ class TransformersEngine(ChatEngine):
 
         kwargs = self._generate_kwargs(*self._prepare(question, image, history, settings))
         with self._lock, torch.inference_mode():
-            output = self.model.generate(**kwargs)  # only the new tokens: the prompt went in as embeddings
+            if self._fast(kwargs):
+                output = self._fast_generate(kwargs)
+            else:
+                output = self.model.generate(**kwargs)  # only the new tokens: the prompt went in as embeddings
         return self._decode(output[0])
+
+    def _fast(self, kwargs) -> bool:
+        return self.fast_decode is not None and not kwargs.get("do_sample")
+
+    def _fast_generate(self, kwargs, streamer=None, stop=None):
+        """`labkit.chat.fast_decode`'s greedy tokens for ``generate``'s keyword arguments."""
+        from labkit.chat.fast_decode import prompt_embeddings
+
+        embeds = prompt_embeddings(self.model, kwargs["input_ids"], kwargs["pixel_values"])
+        return self.fast_decode.generate(embeds, kwargs["attention_mask"], kwargs["max_new_tokens"],
+                                         kwargs["eos_token_id"], kwargs["pad_token_id"], streamer=streamer, stop=stop)
 
     def _stream(self, question, history, picture, settings):
         """Generate in a worker thread; a TextIteratorStreamer hands the text over piece by piece."""
@@ -105,8 +132,11 @@ class TransformersEngine(ChatEngine):
         def work():
             try:
                 with self._lock, torch.inference_mode():
-                    self.model.generate(**kwargs, streamer=streamer,
-                                        stopping_criteria=StoppingCriteriaList([StopWhenAsked()]))
+                    if self._fast(kwargs):
+                        self._fast_generate(kwargs, streamer=streamer, stop=stop.is_set)
+                    else:
+                        self.model.generate(**kwargs, streamer=streamer,
+                                            stopping_criteria=StoppingCriteriaList([StopWhenAsked()]))
             except BaseException as err:  # handed to the reader below, never lost in the thread
                 failure.append(err)
                 streamer.end()

@@ -17,6 +17,11 @@ cell), ``labkit-chat-upload``, ``labkit-chat-preview``, ``labkit-chat-input``,
 ``labkit-chat-top-p``, ``labkit-chat-max-tokens``, ``labkit-chat-show-prompt``,
 ``labkit-chat-prompt``, ``labkit-chat-history``, ``labkit-chat-reply``, ``labkit-chat-error``,
 ``labkit-chat-status``.
+
+While an answer is being written it shows in the reply area, under its question; once it is
+complete the turn moves into the history, so every turn shows exactly once. The helpers at the
+top (``tagged``, ``uploaded_file``, ``png_thumbnail``, ``error_html``) are shared with the
+side-by-side cell, :mod:`labkit.chat.compare`.
 """
 from __future__ import annotations
 
@@ -30,6 +35,26 @@ from labkit.chat.inputs import ChatInputError, Sampling, check_question, display
 from labkit.chat.session import ChatSession
 
 PREVIEW_PIXELS = 256  # the preview is a small PNG copy of the picture the model will see
+FULL_LABEL = {"description_width": "initial"}  # a slider's label at its own width, never cut to "temperat..."
+
+
+def tagged(widget, css_class):
+    """``widget`` with the CSS class that styling and the browser tests select it by."""
+    widget.add_class(css_class)
+    return widget
+
+
+def png_thumbnail(image, pixels: int) -> bytes:
+    """A PNG copy of a PIL image, shrunk to fit in ``pixels`` x ``pixels``."""
+    thumb = image.copy()
+    thumb.thumbnail((pixels, pixels))
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def error_html(text: str) -> str:
+    return f'<span style="color:#b00020">{html.escape(text)}</span>' if text else ""
 
 
 def _turn_html(question: str, answer: str, css_class: str = "labkit-chat-turn") -> str:
@@ -40,7 +65,7 @@ def _turn_html(question: str, answer: str, css_class: str = "labkit-chat-turn") 
     )
 
 
-def _uploaded_file(value):
+def uploaded_file(value):
     """The newest file of a FileUpload value as (name, bytes); None when there is none."""
     if isinstance(value, dict):  # ipywidgets 7 kept {name: {"metadata": ..., "content": ...}}
         value = [{"name": name, **entry.get("metadata", {}), "content": entry["content"]}
@@ -59,10 +84,6 @@ class ChatCell(widgets.VBox):
         self.session = ChatSession(engine, settings)
         self.last_exception = None  # the last unexpected error, kept for a closer look
 
-        def tagged(widget, css_class):
-            widget.add_class(css_class)
-            return widget
-
         self.upload = tagged(widgets.FileUpload(accept="image/*", multiple=False, description="Picture"),
                              "labkit-chat-upload")
         self.preview = tagged(widgets.Image(format="png", layout=widgets.Layout(display="none")),
@@ -74,11 +95,13 @@ class ChatCell(widgets.VBox):
         self.clear_button = tagged(widgets.Button(description="Clear", tooltip="new conversation, same picture"),
                                    "labkit-chat-clear")
         self.temperature = tagged(widgets.FloatSlider(value=settings.temperature, min=0.0, max=1.5, step=0.05,
-                                                      description="temperature"), "labkit-chat-temperature")
+                                                      description="temperature", style=FULL_LABEL),
+                                  "labkit-chat-temperature")
         self.top_p = tagged(widgets.FloatSlider(value=settings.top_p, min=0.05, max=1.0, step=0.05,
-                                                description="top_p"), "labkit-chat-top-p")
+                                                description="top_p", style=FULL_LABEL), "labkit-chat-top-p")
         self.max_tokens = tagged(widgets.IntSlider(value=settings.max_new_tokens, min=1, max=1024,
-                                                   description="max tokens"), "labkit-chat-max-tokens")
+                                                   description="max tokens", style=FULL_LABEL),
+                                 "labkit-chat-max-tokens")
         self.show_prompt = tagged(widgets.Checkbox(value=False, description="show the exact prompt"),
                                   "labkit-chat-show-prompt")
         self.prompt_view = tagged(widgets.HTML(), "labkit-chat-prompt")
@@ -93,7 +116,8 @@ class ChatCell(widgets.VBox):
 
         header = widgets.HTML(f"<b>{html.escape(title or 'InternVL2 chat')}</b> "
                               f"<small>{html.escape(engine.description)}</small>")
-        sliders = widgets.HBox([self.temperature, self.top_p, self.max_tokens])
+        sliders = widgets.HBox([self.temperature, self.top_p, self.max_tokens],
+                               layout=widgets.Layout(flex_flow="row wrap"))
         buttons = widgets.HBox([self.send_button, self.clear_button, self.show_prompt])
         super().__init__([header, widgets.HBox([self.upload, self.preview]), self.history_view,
                           self.reply, self.error, self.input, buttons, sliders, self.prompt_view, self.status])
@@ -105,11 +129,11 @@ class ChatCell(widgets.VBox):
         self.status.value = f"<small>{html.escape(text)}</small>"
 
     def _set_error(self, text):
-        self.error.value = f'<span style="color:#b00020">{html.escape(text)}</span>' if text else ""
+        self.error.value = error_html(text)
 
-    def _set_reply(self, text, done=False):
-        cursor = "" if done else " ▌"
-        self.reply.value = f'<div class="labkit-chat-answer"><b>答</b> {html.escape(text)}{cursor}</div>'
+    def _set_reply(self, question, text):
+        """The turn being written, with a cursor; it moves into the history once it is complete."""
+        self.reply.value = _turn_html(question, f"{text} ▌", "labkit-chat-pending")
 
     def _show_history(self):
         self.history_view.value = "".join(_turn_html(q, a) for q, a in self.session.history)
@@ -121,7 +145,7 @@ class ChatCell(widgets.VBox):
     def on_upload(self, change=None):
         """A picture arrived: check it, show a preview, and keep it for the conversation."""
         try:
-            upload = _uploaded_file(self.upload.value)
+            upload = uploaded_file(self.upload.value)
             if upload is None:
                 return
             name, data = upload
@@ -132,11 +156,7 @@ class ChatCell(widgets.VBox):
                 return
             self._set_error("")
             image = self.session.picture.image
-            thumb = image.copy()
-            thumb.thumbnail((PREVIEW_PIXELS, PREVIEW_PIXELS))
-            buffer = io.BytesIO()
-            thumb.save(buffer, format="PNG")
-            self.preview.value = buffer.getvalue()
+            self.preview.value = png_thumbnail(image, PREVIEW_PIXELS)
             self.preview.layout.display = None
             tiling = self.session.engine.tiling
             detail = ""
@@ -150,7 +170,7 @@ class ChatCell(widgets.VBox):
             self._fail(err)
 
     def on_send(self, button=None):
-        """Send the typed question; stream the answer into the reply area."""
+        """Send the typed question; stream the answer into the reply area, then into the history."""
         question = self.input.value
         self._set_error("")
         try:
@@ -172,19 +192,19 @@ class ChatCell(widgets.VBox):
         self._set_status("Writing…")
         started, answer = time.perf_counter(), ""
         try:
-            self._set_reply("")
+            self._set_reply(question, "")
             for piece in self.session.stream(question):
                 answer += piece
-                self._set_reply(answer)
-            self._set_reply(answer, done=True)
+                self._set_reply(question, answer)
+            self.reply.value = ""
             self._show_history()
             self._set_status(f"Answered in {time.perf_counter() - started:.1f} s "
                              f"({len(self.session.history)} turn(s) so far).")
         except ChatInputError as err:
-            self.input.value = question  # give the question back, to fix and resend
+            self.input.value, self.reply.value = question, ""  # give the question back, to fix and resend
             self._set_error(str(err))
         except Exception as err:
-            self.input.value = question
+            self.input.value, self.reply.value = question, ""
             self._fail(err)
         finally:
             self.send_button.disabled = False

@@ -14,10 +14,8 @@ CLI::
 """
 import argparse
 import json
-import math
 import re
 import shutil
-import struct
 import sys
 from pathlib import Path
 
@@ -37,10 +35,6 @@ AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel",
 }
 TINY_VOCAB = 1200
-
-
-SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-                           "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 class CheckpointError(ValueError):
@@ -215,47 +209,22 @@ def write_checkpoint(out_dir, config=None, tokenizer=None, seed=0, dtype=torch.b
 
 # -- checking a folder before anything loads it ---------------------------------------------
 def _safetensors_header(path):
-    """The parsed header of a safetensors file, checking it is as long as the header says (truncation)."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        raw = handle.read(8)
-        if len(raw) < 8:
-            raise CheckpointError(f"{path}: file is too short to be safetensors ({size} bytes); re-create it.")
-        header_len = struct.unpack("<Q", raw)[0]
-        if header_len > size - 8:
-            raise CheckpointError(f"{path}: the safetensors header is cut off; the file is truncated or corrupt.")
-        try:
-            header = json.loads(handle.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError(f"{path}: the safetensors header is not valid JSON; the file is corrupt.") from None
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"} if isinstance(header, dict) else None
+    """``{tensor name: shape}`` from a safetensors file's header, read by safetensors itself.
 
-    def whole_numbers(values, length=None):
-        return (isinstance(values, list) and (length is None or len(values) == length)
-                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in values))
+    ``safe_open`` checks the header (its length, its JSON, every tensor's dtype, shape and byte
+    range) and that the tensors cover the file exactly, so a truncated or corrupt file is refused
+    here without reading a single weight.
+    """
+    from safetensors import SafetensorError, safe_open
 
-    if tensors is None or not all(isinstance(v, dict) and whole_numbers(v.get("shape"))
-                                  and whole_numbers(v.get("data_offsets"), 2) for v in tensors.values()):
-        raise CheckpointError(f"{path}: the safetensors header does not describe tensors; the file is corrupt.")
-    for name, entry in tensors.items():
-        width, (first, last) = SAFETENSORS_DTYPE_BYTES.get(entry.get("dtype")), entry["data_offsets"]
-        if width is not None and last - first != width * math.prod(entry["shape"]):
-            raise CheckpointError(
-                f"{path}: tensor {name} is {entry['dtype']} {tuple(entry['shape'])}, which takes "
-                f"{width * math.prod(entry['shape'])} bytes, but the header gives it {last - first}; the file is "
-                "corrupt. Copy or convert it again.")
-    end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
-    if 8 + header_len + end > size:
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            return {name: weights.get_slice(name).get_shape() for name in weights.keys()}
+    except (SafetensorError, OSError) as err:
         raise CheckpointError(
-            f"{path}: holds {size} bytes but its tensors need {8 + header_len + end}; the file is truncated "
-            "(an interrupted copy or download?). Copy or convert it again."
-        )
-    return tensors
-
-
-def _check_safetensors(path):
-    """Header parses and the file is as long as the header says (catches truncation); the tensor names."""
-    return list(_safetensors_header(path))
+            f"{path}: not a readable safetensors file ({path.stat().st_size} bytes; safetensors says: {err}). "
+            "It is truncated or corrupt (an interrupted copy or download?): copy or convert it again."
+        ) from None
 
 
 def expected_tensors(config, config_path="config.json"):
@@ -359,8 +328,8 @@ def check_model_folder(path):
     for shard in shards:
         if not (folder / shard).is_file():
             raise CheckpointError(f"{folder / shard}: missing, but the safetensors index lists it.")
-        for name, entry in _safetensors_header(folder / shard).items():
-            found[name] = (folder / shard, entry["shape"])
+        for name, shape in _safetensors_header(folder / shard).items():
+            found[name] = (folder / shard, shape)
     if index.is_file():
         misplaced = sorted(n for n, shard in weight_map.items() if n not in found or found[n][0] != folder / shard)
         if misplaced:

@@ -1,5 +1,6 @@
-"""From an XTuner checkpoint to a model folder: read the trained weights, merge LoRA, write
-safetensors and check the folder against the trained model.
+"""From an XTuner checkpoint to a model folder: read the trained weights (`trained`), merge LoRA
+and check the merge (`merge`), write safetensors and check the folder (`pipeline`); the folder's
+model card, its check before an upload and the upload commands (`publish`).
 
     from labkit import convert
     out = convert.convert("configs/tiny_lora_food_cpu.py", "work_dirs/.../iter_96.pth", "models/tuned")

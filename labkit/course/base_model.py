@@ -46,8 +46,10 @@ TARGETS = {"known_min": 0.80, "held_back_max": 0.10, "sentence_min": 0.95}
 DEFAULT_SEED = 1
 DATA_SEED = 0  # the course data every notebook uses
 # The files whose contents decide what a build produces (the cache fingerprint).
-SOURCES = ("base_model.py", "settings.py", "finetune.py", "lean.py", "xtuner_launch.py", "checkpoint.py",
-           "tokenizer.py", "dishes.py", "render.py", "data.py", "convert.py", "model/*.py")
+SOURCES = ("course/base_model.py", "train/settings.py", "train/xtuner_config.py", "train/finetune.py",
+           "train/lean.py", "train/launch.py", "train/dataset.py", "checkpoints/folder.py",
+           "checkpoints/tokenizer.py", "data/dishes.py", "data/paint.py", "data/pieces.py", "data/build.py",
+           "data/answers.py", "convert/*.py", "model/*.py")
 
 
 class BaseModelError(RuntimeError):
@@ -133,7 +135,7 @@ def build(out_dir, seed=DEFAULT_SEED, data_root=None, work_dir=None, overwrite=F
     """
     from labkit import fileio
     from labkit.checkpoints.folder import _prepare_out_dir, _publish, write_checkpoint
-    from labkit.convert.pipeline import convert
+    from labkit.convert import convert
     from labkit.data.build import build_datasets
     from labkit.train.finetune import train
 

@@ -9,7 +9,7 @@
    with the exercises' reference solutions filled in (``labkit.course.exercises.solve_notebook``;
    ``--no-solutions`` runs the student copies as committed), and stop at the first notebook
    whose exercise checks did not all pass,
-3. keep the executed copies under ``RUN/notebooks/`` and write ``RUN/report.md`` + ``report.html``.
+3. keep the executed copies under ``RUN/notebooks/`` and write the write-up (``RUN/writeup/``, ``RUN/writeup.zip``).
 """
 import argparse
 import os
@@ -99,10 +99,23 @@ def run_course(run_dir=None, cache_dir=DEFAULT_CACHE, notebooks=NOTEBOOKS, param
     record["wall_s"] = round(time.perf_counter() - start, 1)
     base = run_dir / "base_model.txt"
     record["base_model"] = base.read_text(encoding="utf-8").strip() if base.is_file() else "tiny base model"
+    record["publish_check"] = _card_and_check(run_dir / "tuned-model", run_dir)
     fileio.write_json(run_dir / "course.json", record)
     report = write_report(run_dir)
     print(f"[labkit] report: {report}", flush=True)
     return report
+
+
+def _card_and_check(tuned, run_dir):
+    """The tuned folder's card again, now with notebook 05's evaluation, then the publish check."""
+    if not tuned.is_dir():
+        return None
+    from labkit.convert import publish
+
+    publish.write_card(tuned, run_dir=run_dir)
+    check = publish.check_folder(tuned)
+    print(f"[labkit] publish check: {check.summary().splitlines()[-1]}", flush=True)
+    return {"ok": check.ok, "findings": [f"{f.level} {f.path}: {f.message}" for f in check.findings]}
 
 
 def main(argv=None):

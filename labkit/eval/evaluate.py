@@ -98,6 +98,20 @@ class Report:
                         for a in self.answers],
         }
 
+    @classmethod
+    def from_json(cls, data: dict, reread: bool = True) -> "Report":
+        """The `Report` that `to_json` saved, rebuilt from its raw answers (the summaries are ignored).
+
+        ``reread``: find the named dish in each saved answer text again (``answer_dish``) instead of
+        trusting the saved ``named``, so every figure follows from what the model said.
+        """
+        from labkit.data.answers import answer_dish
+
+        answers = [Answer(a["image"], a["question"], a["expected"], a["answer"],
+                          answer_dish(a["answer"]) if reread else a.get("named")) for a in data["answers"]]
+        return cls(model_dir=data.get("model_dir", ""), annotation=data.get("annotation", ""), answers=answers,
+                   seconds=data.get("seconds", 0.0))
+
 
 def paired(first: Report, second: Report, dish: str | None = None) -> list:
     """``(answer of first, answer of second)`` for the same picture and question, in order.

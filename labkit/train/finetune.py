@@ -13,12 +13,14 @@ What `train` does, step by step:
    (`check_max_length`), and the work folder holds no finished run.
 2. Plan: count the samples and compute how many iterations XTuner will run
    (`Settings.planned_iterations`), then render the XTuner config into the work folder with
-   that plan (`labkit.train.settings.render_config`).
+   that plan (`labkit.train.xtuner_config.render_config`).
 3. Run XTuner's training entry point in a child process (`labkit.train.launch`; several GPUs
-   through ``torchrun`` + DeepSpeed). Its output streams into ``train.log``; a progress bar and
-   the optional ``on_loss(iteration, loss)`` callback follow the logged iterations.
+   through ``torchrun`` + DeepSpeed). Its output streams into ``train.log``. The losses come from
+   mmengine's own record of every logged iteration, ``xtuner/<timestamp>/vis_data/scalars.json``
+   (`read_losses`); a progress bar and the optional ``on_loss(iteration, loss)`` callback follow
+   that file as it grows.
 4. Decide success from evidence, not from hope: exit code 0, no Python traceback in the log,
-   the log reached the planned iteration, ``iter_<planned>.pth`` exists, and every logged loss
+   the losses reach the planned iteration, ``iter_<planned>.pth`` exists, and every logged loss
    is finite (`check_losses`). Anything else raises `TrainingError` with the end of the log.
 5. Save the loss curve (``loss.png``) and a ``result.json`` that marks the folder finished.
 
@@ -44,7 +46,8 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from labkit.train.settings import Settings, write_config
+from labkit.train.settings import Settings
+from labkit.train.xtuner_config import write_config
 from labkit.fileio import REPO_ROOT
 
 MARKER = "labkit-run.json"  # written when a run starts: the folder belongs to labkit
@@ -53,9 +56,12 @@ LOG_NAME = "train.log"
 CONFIG_NAME = "config.py"
 XTUNER_DIR = "xtuner"  # XTuner's own work dir: checkpoints, its config dump, timestamped logs
 TAIL_LINES = 40
-
-# mmengine's training log line: "Iter(train) [ 12/120]  lr: 1.0e-03  ...  loss: 2.3456 ..."
-ITER_LINE = re.compile(r"Iter\(train\)\s*\[\s*(\d+)\s*/\s*(\d+)\s*\].*?\bloss:\s*([-+0-9.eE]+|nan|inf)")
+# mmengine's LoggerHook hands every logged iteration's scalars (loss, lr, grad_norm, ...) to the
+# default LocalVisBackend, which appends them as one JSON object a line, with the iteration as
+# "step", to <work dir>/<timestamp>/vis_data/scalars.json.
+SCALARS = "*/vis_data/scalars.json"
+# The counter of mmengine's training log line, "Iter(train) [ 12/120]  lr: ...": XTuner's total.
+ITER_LINE = re.compile(r"Iter\(train\)\s*\[\s*(\d+)\s*/\s*(\d+)\s*\]")
 
 
 class TrainingError(RuntimeError):
@@ -83,7 +89,7 @@ class TrainResult:
     num_samples: int
     iterations: int  # iterations XTuner ran (== planned_iterations)
     planned_iterations: int
-    losses: list = field(default_factory=list)  # [(iteration, loss), ...] as logged
+    losses: list = field(default_factory=list)  # [(iteration, loss), ...] from mmengine's scalars.json
     wall_time_s: float = 0.0
 
     def to_json(self) -> dict:
@@ -269,25 +275,87 @@ def _child_env(settings: Settings) -> dict:
 
 
 def parse_log_line(line):
-    """``(iteration, planned, loss)`` from an mmengine training log line, else None."""
+    """``(iteration, total)`` from mmengine's training log line, else None (the total XTuner planned)."""
     match = ITER_LINE.search(line)
     if not match:
         return None
-    return int(match.group(1)), int(match.group(2)), float(match.group(3))
+    return int(match.group(1)), int(match.group(2))
 
 
-def run_logged(command, log_path, planned, progress=True, on_loss=None, timeout_s=None, env=None):
-    """Run ``command``, copy its output into ``log_path``, follow the iterations.
+def scalars_file(xtuner_dir) -> Path | None:
+    """mmengine's ``vis_data/scalars.json`` in XTuner's work dir (the newest run's), or None."""
+    found = sorted(Path(xtuner_dir).glob(SCALARS))
+    return found[-1] if found else None
 
-    Returns ``(exit_code, losses, last_iteration, total_shown, tail)``.
+
+def _records(path, data: bytes, first_line=1):
+    """The JSON objects in ``data`` (whole lines only); a line that is not JSON names the file."""
+    records = []
+    for number, line in enumerate(data.splitlines(), first_line):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as err:
+            raise TrainingError(f"{path}, line {number}: not a JSON record ({err}); mmengine's scalars log "
+                                "is damaged, so the losses cannot be read. Train again.") from None
+    return records
+
+
+def losses_of(records) -> list[tuple[int, float]]:
+    """``[(iteration, loss), ...]`` from mmengine's scalar records (NaN and inf kept as they are)."""
+    return [(int(r["step"]), float(r["loss"])) for r in records if isinstance(r, dict) and "loss" in r]
+
+
+class ScalarsFollower:
+    """The records mmengine appends to scalars.json, read as the run goes on (whole lines only)."""
+
+    def __init__(self, xtuner_dir):
+        self.xtuner_dir, self.path, self.offset, self.lines = Path(xtuner_dir), None, 0, 0
+
+    def new_records(self) -> list[dict]:
+        if self.path is None:
+            self.path = scalars_file(self.xtuner_dir)
+            if self.path is None:
+                return []
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        data = data[:data.rfind(b"\n") + 1]  # a line mmengine is still writing waits for the next call
+        records = _records(self.path, data, self.lines + 1)
+        self.offset, self.lines = self.offset + len(data), self.lines + data.count(b"\n")
+        return records
+
+
+def read_losses(xtuner_dir) -> list[tuple[int, float]]:
+    """Every logged loss of the run in ``xtuner_dir``, from mmengine's scalars.json ([] if none)."""
+    return losses_of(ScalarsFollower(xtuner_dir).new_records())
+
+
+def run_logged(command, log_path, planned, xtuner_dir, progress=True, on_loss=None, timeout_s=None, env=None):
+    """Run ``command``, copy its output into ``log_path``, follow the losses in mmengine's scalars.json.
+
+    Returns ``(exit_code, total_shown, tail)``: XTuner's planned total as its log line shows it.
     """
-    losses, tail = [], deque(maxlen=TAIL_LINES)
+    tail = deque(maxlen=TAIL_LINES)
     last_iter, total_shown = 0, None
+    scalars = ScalarsFollower(xtuner_dir)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=planned, desc="XTuner training", unit="it")
+
+    def follow():
+        nonlocal last_iter
+        for iteration, loss in losses_of(scalars.new_records()):
+            if bar is not None:
+                bar.update(iteration - last_iter)
+                bar.set_postfix(loss=f"{loss:.4f}")
+            last_iter = iteration
+            if on_loss is not None:
+                on_loss(iteration, loss)
+
     started = time.monotonic()
     with open(log_path, "w", encoding="utf-8") as log:
         log.write("$ " + " ".join(command) + "\n")
@@ -300,14 +368,8 @@ def run_logged(command, log_path, planned, progress=True, on_loss=None, timeout_
                 tail.append(line.rstrip("\n"))
                 parsed = parse_log_line(line)
                 if parsed:
-                    iteration, total_shown, loss = parsed
-                    losses.append((iteration, loss))
-                    if bar is not None:
-                        bar.update(iteration - last_iter)
-                        bar.set_postfix(loss=f"{loss:.4f}")
-                    last_iter = iteration
-                    if on_loss is not None:
-                        on_loss(iteration, loss)
+                    total_shown = parsed[1]
+                follow()  # mmengine writes the JSON record right after the log line
                 if timeout_s and time.monotonic() - started > timeout_s:
                     proc.kill()
                     note = f"[labkit] stopped: the run took longer than timeout_s={timeout_s}"
@@ -315,6 +377,7 @@ def run_logged(command, log_path, planned, progress=True, on_loss=None, timeout_
                     tail.append(note)
                     break
             code = proc.wait()
+            follow()
         except BaseException:  # Ctrl-C in a notebook: stop the child we started, then re-raise
             proc.kill()
             proc.wait()
@@ -322,7 +385,7 @@ def run_logged(command, log_path, planned, progress=True, on_loss=None, timeout_
         finally:
             if bar is not None:
                 bar.close()
-    return code, losses, last_iter, total_shown, "\n".join(tail)
+    return code, total_shown, "\n".join(tail)
 
 
 def log_tail(log_path, lines=TAIL_LINES) -> str:
@@ -354,7 +417,8 @@ def check_outcome(code, log_path, planned, last_iter, total_shown, work_dir, tai
             "(samples / (batch_size * accumulative_counts), rounded up, x accumulative_counts x max_epochs).",
             log_path, tail)
     if last_iter != planned:
-        raise TrainingError(f"The log stops at iteration {last_iter} of the planned {planned}.", log_path, tail)
+        raise TrainingError(f"The log stops at iteration {last_iter} of the planned {planned} (losses as mmengine "
+                            f"recorded them in {Path(work_dir) / SCALARS}).", log_path, tail)
     checkpoint = find_checkpoint(work_dir, planned)
     if checkpoint is None:
         raise TrainingError(f"No checkpoint iter_{planned}.pth in {work_dir} after training.", log_path, tail)
@@ -378,7 +442,8 @@ def train(settings: Settings, work_dir, progress=True, on_loss=None, overwrite=F
           timeout_s=None) -> TrainResult:
     """Fine-tune with XTuner as ``settings`` say; return a `TrainResult` or raise `TrainingError`.
 
-    ``on_loss(iteration, loss)`` is called for every logged iteration (e.g. `labkit.train.loss_plot.LiveLoss`).
+    ``on_loss(iteration, loss)`` is called for every logged iteration (e.g. `labkit.train.loss_plot.LiveLoss`),
+    with the values the result records: mmengine's scalars.json, followed as it grows.
     ``validate=False`` skips the data check - only for demonstrating what XTuner does without it.
     """
     settings = resolve_paths(settings)
@@ -393,10 +458,12 @@ def train(settings: Settings, work_dir, progress=True, on_loss=None, overwrite=F
     log_path = work_dir / LOG_NAME
     started = time.monotonic()
     xtuner_dir = work_dir / XTUNER_DIR
-    code, losses, last_iter, total_shown, _ = run_logged(
-        launch_command(settings, config_path, xtuner_dir), log_path, planned, progress, on_loss, timeout_s,
-        _child_env(settings))
+    code, total_shown, _ = run_logged(
+        launch_command(settings, config_path, xtuner_dir), log_path, planned, xtuner_dir, progress, on_loss,
+        timeout_s, _child_env(settings))
     wall = round(time.monotonic() - started, 1)
+    losses = read_losses(xtuner_dir) if code == 0 else []  # a failed run is judged by its exit code first
+    last_iter = losses[-1][0] if losses else 0
     checkpoint = check_outcome(code, log_path, planned, last_iter, total_shown, xtuner_dir, log_tail(log_path))
     check_losses(losses, log_path, log_tail(log_path))
     from labkit.train.loss_plot import save_loss_curve

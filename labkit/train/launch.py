@@ -49,7 +49,7 @@ def open_single_process_group(backend: str) -> None:
 
 def parse(argv):
     parser = argparse.ArgumentParser(prog="python -m labkit.train.launch", description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="an XTuner config file (see labkit.train.settings.render_config)")
+    parser.add_argument("config", help="an XTuner config file (see labkit.train.xtuner_config.render_config)")
     parser.add_argument("--work-dir", required=True, help="folder for logs and checkpoints")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
                         help="default: cuda if a GPU is visible, else cpu")

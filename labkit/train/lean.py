@@ -60,7 +60,8 @@ class LeanInternVL(InternVL_V1_5):
     """
 
     def __init__(self, *args, lean_logits: bool = True, weights_dtype: str = "bfloat16",
-                 gradient_checkpointing: bool = True, **kwargs):
+                 gradient_checkpointing: bool = True, liger_kernels: bool = False, compile_layers: bool = False,
+                 plain_layers: int = 0, **kwargs):
         if weights_dtype not in ("bfloat16", "float32"):
             raise ValueError(f"LeanInternVL: weights_dtype={weights_dtype!r}; use 'bfloat16' or 'float32'.")
         super().__init__(*args, **kwargs)
@@ -71,7 +72,47 @@ class LeanInternVL(InternVL_V1_5):
             self.cast_frozen(torch.bfloat16)
         if not gradient_checkpointing:
             self.gradient_checkpointing_disable()
+        if liger_kernels:
+            self.use_liger_kernels()
+        if plain_layers:
+            self.keep_layers_unchecked(plain_layers)
+        if compile_layers:
+            for layer in self.decoder_and_head()[0].layers:
+                layer.compile()
         self._reported = False
+
+    # -- speed options (benchmarks/gpu_train.py measures them one at a time) ------------------
+    def use_liger_kernels(self) -> int:
+        """Liger's Triton kernels for the LLM's RMSNorm and SwiGLU product (same formulas, fused
+        forward and backward); returns how many modules now use them."""
+        from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+        from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+
+        changed = 0
+        for module in self.decoder_and_head()[0].modules():
+            name = type(module).__name__
+            if name == "InternLM2RMSNorm":
+                module.forward = (lambda m: lambda x: LigerRMSNormFunction.apply(
+                    x, m.weight, m.variance_epsilon, 0.0, "llama", False))(module)
+                changed += 1
+            elif name == "InternLM2MLP":
+                module.forward = (lambda m: lambda x: m.w2(LigerSiLUMulFunction.apply(m.w1(x), m.w3(x))))(module)
+                changed += 1
+        return changed
+
+    def keep_layers_unchecked(self, count: int) -> None:
+        """Selective checkpointing: the last ``count`` decoder layers keep their activations (no
+        recompute), the others are checkpointed as before."""
+        decoder = self.decoder_and_head()[0]
+        plain = {id(layer) for layer in list(decoder.layers)[len(decoder.layers) - count:]}
+        original = decoder._gradient_checkpointing_func
+
+        def checkpoint_some(call, *args, **kwargs):
+            if id(getattr(call, "__self__", None)) in plain:
+                return call(*args, **kwargs)
+            return original(call, *args, **kwargs)
+
+        decoder._gradient_checkpointing_func = checkpoint_some
 
     def forward(self, data, data_samples=None, mode="loss"):
         self.match_lora_input_dtype()

@@ -63,10 +63,29 @@ class InternLM2RotaryEmbedding(nn.Module):
         exponents = torch.arange(0, self.dim, 2, dtype=torch.int64, device=device).float() / self.dim
         return 1.0 / (base**exponents)
 
+    def traced_inv_freq(self, position_ids):
+        """``inv_freq`` without reading the sequence length back to the host (for torch.compile).
+        The unscaled angles are the ones an eager call kept (a prefill always runs eagerly)."""
+        plain = getattr(self, "_plain_inv_freq", None)
+        if plain is None or plain.device != position_ids.device:
+            plain = self.inv_freq(1, position_ids.device)
+        if self.kind != "dynamic":
+            return plain
+        seq_len = position_ids.max() + 1
+        grow = (self.factor * seq_len / self.max_positions) - (self.factor - 1)
+        exponents = torch.arange(0, self.dim, 2, dtype=torch.int64, device=position_ids.device).float() / self.dim
+        scaled = 1.0 / ((self.base * grow ** (self.dim / (self.dim - 2))) ** exponents)
+        return torch.where(seq_len > self.max_positions, scaled, plain)
+
     @torch.no_grad()
     def forward(self, position_ids, dtype):
-        seq_len = int(position_ids.max()) + 1
-        inv_freq = self.inv_freq(seq_len, position_ids.device)
+        if torch.compiler.is_compiling():
+            inv_freq = self.traced_inv_freq(position_ids)
+        else:
+            seq_len = int(position_ids.max()) + 1
+            inv_freq = self.inv_freq(seq_len, position_ids.device)
+            if self.kind != "dynamic" or seq_len <= self.max_positions:
+                self._plain_inv_freq = inv_freq  # the unscaled angles, for traced_inv_freq
         positions = position_ids.float()
         if self.kind == "linear":
             positions = positions / self.factor
@@ -126,12 +145,14 @@ class InternLM2Attention(nn.Module):
         v = grouped[..., -1, :]
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-    def forward(self, hidden_states, cos, sin, mask, past_key_values=None, output_attentions=False):
+    def forward(self, hidden_states, cos, sin, mask, past_key_values=None, output_attentions=False,
+                cache_position=None):
         b, n, _ = hidden_states.shape
         q, k, v = self.split_qkv(self.wqkv(hidden_states))
         q, k = apply_rotary(q, k, cos, sin)
         if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+            # a static cache writes k and v at cache_position; a dynamic one appends them
+            k, v = past_key_values.update(k, v, self.layer_idx, {"cache_position": cache_position})
         # each key/value head serves `group` query heads
         k = k.repeat_interleave(self.group, dim=1)
         v = v.repeat_interleave(self.group, dim=1)
@@ -172,9 +193,10 @@ class InternLM2DecoderLayer(nn.Module):
         self.attention_norm = InternLM2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.ffn_norm = InternLM2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, hidden_states, cos, sin, mask, past_key_values=None, output_attentions=False):
+    def forward(self, hidden_states, cos, sin, mask, past_key_values=None, output_attentions=False,
+                cache_position=None):
         attended, weights = self.attention(
-            self.attention_norm(hidden_states), cos, sin, mask, past_key_values, output_attentions
+            self.attention_norm(hidden_states), cos, sin, mask, past_key_values, output_attentions, cache_position
         )
         hidden_states = hidden_states + attended
         hidden_states = hidden_states + self.feed_forward(self.ffn_norm(hidden_states))
@@ -216,6 +238,23 @@ def build_attention_mask(attention_mask, batch, q_len, past_len, device, shortcu
     if attention_mask is not None:
         keep = attention_mask[:, None, None, -kv_len:].bool()
         mask = (mask & keep) | (key_pos == query_pos)[None, None]
+    return mask
+
+
+def static_cache_mask(attention_mask, batch, cache_position, kv_len):
+    """The same mask as build_attention_mask, over all ``kv_len`` slots of a static cache.
+
+    Key slot j is visible to the query at slot ``cache_position[i]`` when j <= that slot (the
+    slots after it are not written yet) and the 0/1 ``attention_mask`` (one column per slot
+    written so far) keeps j; each token always sees itself. Needs no host synchronisation.
+    """
+    key_pos = torch.arange(kv_len, device=cache_position.device)[None, :]
+    query_pos = cache_position[:, None]
+    mask = (key_pos <= query_pos)[None, None].expand(batch, 1, -1, -1)
+    if attention_mask is not None:
+        keep = torch.ones(batch, kv_len, dtype=torch.bool, device=attention_mask.device)
+        keep[:, : attention_mask.shape[1]] = attention_mask.bool()
+        mask = (mask & keep[:, None, None, :]) | (key_pos == query_pos)[None, None]
     return mask
 
 
@@ -285,10 +324,21 @@ class InternLM2Model(InternLM2PreTrainedModel):
         elif isinstance(past_key_values, (tuple, list)):
             past_key_values = DynamicCache.from_legacy_cache(past_key_values)
         batch, q_len, _ = inputs_embeds.shape
-        past_len = past_key_values.get_seq_length() if isinstance(past_key_values, Cache) else 0
-        if position_ids is None:
-            position_ids = torch.arange(past_len, past_len + q_len, device=inputs_embeds.device)[None].expand(batch, -1)
-        mask = build_attention_mask(attention_mask, batch, q_len, past_len, inputs_embeds.device)
+        if use_cache and getattr(past_key_values, "is_compileable", False):
+            # a static (fixed-size) cache: positions come from cache_position, nothing is read back
+            if cache_position is None:
+                raise ValueError("A static cache needs cache_position (the slots the new tokens fill).")
+            if position_ids is None:
+                position_ids = cache_position[None].expand(batch, -1)
+            if attention_mask is not None and attention_mask.dim() == 4:
+                mask = attention_mask.bool()
+            else:
+                mask = static_cache_mask(attention_mask, batch, cache_position, past_key_values.get_max_cache_shape())
+        else:
+            past_len = past_key_values.get_seq_length() if isinstance(past_key_values, Cache) else 0
+            if position_ids is None:
+                position_ids = torch.arange(past_len, past_len + q_len, device=inputs_embeds.device)[None].expand(batch, -1)
+            mask = build_attention_mask(attention_mask, batch, q_len, past_len, inputs_embeds.device)
         cos, sin = self.rotary_emb(position_ids, inputs_embeds.dtype)
 
         hidden_states = inputs_embeds
@@ -303,7 +353,8 @@ class InternLM2Model(InternLM2PreTrainedModel):
                 )
             else:
                 hidden_states, weights = layer(
-                    hidden_states, cos, sin, mask, past_key_values if use_cache else None, bool(output_attentions)
+                    hidden_states, cos, sin, mask, past_key_values if use_cache else None, bool(output_attentions),
+                    cache_position,
                 )
             if output_attentions:
                 all_weights += (weights,)
@@ -323,6 +374,7 @@ class InternLM2ForCausalLM(InternLM2PreTrainedModel, GenerationMixin):
     """InternLM2Model + an untied output head over the vocabulary."""
 
     _tied_weights_keys = []
+    labkit_static_cache = True  # takes a transformers StaticCache with cache_position (labkit.fast_decode)
 
     def __init__(self, config):
         super().__init__(config)
@@ -372,6 +424,7 @@ class InternLM2ForCausalLM(InternLM2PreTrainedModel, GenerationMixin):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            cache_position=cache_position,
         )
         hidden_states = outputs.last_hidden_state
         if logits_to_keep:

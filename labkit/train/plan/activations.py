@@ -25,7 +25,7 @@ def llm_layer_saved_bytes(shape: ModelShape, s: PlanSettings) -> dict[str, float
     autocast = s.engine == "labkit"  # bf16 autocast with LoRA inputs left in bf16 (labkit.train.lean)
     saved = {
         # RMSNorm upcasts to fp32: keeps the fp32 input, the fp32 normalised value, bf16 output
-        # (under autocast the fp32 normalised value is not kept: measured, tests/test_plan.py)
+        # (under autocast the fp32 normalised value is not kept: measured, tests/train/test_plan.py)
         "2 RMSNorms": 2 * (FP32 * h + (0 if autocast else FP32 * h) + BF16 * h),
         # fused q,k,v output; rotated q and k; attention output; its contiguous copy for wo
         "attention": BF16 * (h + 2 * kv) + BF16 * (h + kv) + BF16 * h + BF16 * h,

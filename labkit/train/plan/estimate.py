@@ -16,9 +16,9 @@ from labkit.train.plan import activations
 from labkit.train.plan.calibration import CALIBRATIONS, ENGINES, Calibration
 from labkit.train.plan.shape import (BF16, FP32, GIB, LLM_LINEARS, NF4_BYTES_PER_PARAM, ModelShape,
                                      count_parameters, lora_parameters, read_model_shape)
-from labkit.train.settings import Settings
+from labkit.train.settings import METHODS, Settings
 
-METHODS = ("lora", "qlora", "full")
+
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The model's sizes, read from the checkpoint's ``config.json``, and what they add up to.
 
 ``read_model_shape`` keeps the handful of sizes that decide memory; ``count_parameters`` and
-``lora_parameters`` count weights from them (``tests/test_plan.py`` checks both against real
+``lora_parameters`` count weights from them (``tests/train/test_plan.py`` checks both against real
 modules and PEFT).
 """
 
