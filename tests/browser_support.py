@@ -47,9 +47,12 @@ CHROMIUM_ARGS = [
     "--disable-sync", "--disable-dev-shm-usage",
 ]
 
-# JupyterLab user settings written into the fresh settings folder: no news or update prompt.
+# JupyterLab user settings written into the fresh settings folder: no news or update prompt, and
+# every cell kept rendered (JupyterLab 4 skips laying out cells out of view, so a chat cell far
+# down a long notebook would never become visible to the test).
 LAB_USER_SETTINGS = {
     "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+    "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
 }
 
 
