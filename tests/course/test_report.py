@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit.course import report
+from labkit.course import report, writeup_text
 from run_folder import FIGURES, make_run
 
 SECTIONS_ZH = ["1. 多模态设计模式与 InternVL2 架构", "2. 与基座模型对话", "3. XTuner 微调", "4. 权重转换",
@@ -24,7 +24,7 @@ def headings(markdown, level=2):
 
 
 def test_every_sentence_has_both_languages_with_the_same_blanks():
-    for key, (zh, en) in report.TEXT.items():
+    for key, (zh, en) in writeup_text.TEXT.items():
         assert zh.strip() and en.strip(), key
         blanks = [sorted(f for _, f, _, _ in string.Formatter().parse(s) if f) for s in (zh, en)]
         assert blanks[0] == blanks[1], f"TEXT[{key!r}]: the two languages fill in different values"
