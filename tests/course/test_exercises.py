@@ -7,7 +7,6 @@ a real XTuner LoRA checkpoint converted by labkit.convert.
 """
 from __future__ import annotations
 
-import json
 import types
 
 import nbformat
@@ -21,13 +20,9 @@ from labkit.course.workspace import Workspace
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
 
-@pytest.fixture
-def ws(tmp_path):
-    return Workspace(tmp_path / "run", tmp_path / "cache")
-
-
 def results(ws):
-    return json.loads((ws.run_dir / "exercises.json").read_text(encoding="utf-8"))["exercises"]
+    """What the checks recorded in the run folder (labkit's own reader of exercises.json)."""
+    return ex.read_results(ws.run_dir)
 
 
 def passed(q, answer, ws):

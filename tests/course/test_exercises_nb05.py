@@ -5,7 +5,6 @@ hint, and an unfilled answer says "not done yet"; the notebook's solved copy hol
 """
 from __future__ import annotations
 
-import json
 
 import nbformat
 import pytest
@@ -14,7 +13,6 @@ from labkit.course import comparison
 from labkit.course import exercises as ex
 from labkit.course.exercises import ____, nb05
 from labkit.course.main import REPO_ROOT
-from labkit.course.workspace import Workspace
 from labkit.eval.evaluate import Answer, Report
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "05_comparison.ipynb"
@@ -40,13 +38,9 @@ BENCH = {"base": {"held_back": 0.0, "known": 0.94},
                      "on": {"held_back_mean": 0.985, "known_mean": 0.93}}}
 
 
-@pytest.fixture
-def ws(tmp_path):
-    return Workspace(tmp_path / "run", tmp_path / "cache")
-
-
 def results(ws):
-    return json.loads((ws.run_dir / "exercises.json").read_text(encoding="utf-8"))["exercises"]
+    """What the checks recorded in the run folder (labkit's own reader of exercises.json)."""
+    return ex.read_results(ws.run_dir)
 
 
 def verdict(q, answer, ws, capsys):
