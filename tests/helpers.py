@@ -175,3 +175,23 @@ def assert_demo_serves(engine):
             assert page.status == 200
     finally:
         demo.close()
+
+
+def failing_engine():
+    """An engine whose model breaks halfway through its first answer (a crash a cell must survive)."""
+    from labkit.chat import ChatEngine
+
+    class FailingEngine(ChatEngine):
+        backend = "failing"
+
+        def __init__(self):
+            self.calls = 0
+
+        def _stream(self, question, history, picture, settings):
+            self.calls += 1
+            yield "半"
+            if self.calls == 1:
+                raise RuntimeError("CUDA out of memory (pretend)")
+            yield "个答案"
+
+    return FailingEngine()

@@ -14,8 +14,8 @@ import json
 import pytest
 from PIL import Image
 
-from helpers import noise_image
-from labkit.chat import ChatEngine, ChatInputError, Sampling, TransformersEngine
+from helpers import failing_engine, noise_image
+from labkit.chat import ChatInputError, Sampling, TransformersEngine
 from labkit.chat.compare import SIDES, CompareCell, dish_gallery
 from labkit.course.base_model import ASSET_DIR
 
@@ -137,24 +137,10 @@ def test_asking_without_a_picture_or_question_says_what_to_do(cell):
     assert "empty" in cell.error.value and shown(cell, "base") == ""
 
 
-class FailingEngine(ChatEngine):
-    """A tuned model that breaks halfway through its first answer."""
-
-    backend = "failing"
-
-    def __init__(self):
-        self.calls = 0
-
-    def _stream(self, question, history, picture, settings):
-        self.calls += 1
-        yield "半"
-        if self.calls == 1:
-            raise RuntimeError("CUDA out of memory (pretend)")
-        yield "个答案"
 
 
 def test_a_model_crash_keeps_the_other_answer_and_the_cell_recovers(engines, pictures):
-    cell = CompareCell(engines[0], FailingEngine(), pictures=pictures, settings=SETTINGS)
+    cell = CompareCell(engines[0], failing_engine(), pictures=pictures, settings=SETTINGS)
     cell.pick_buttons["肠粉"].click()
     cell.ask_button.click()  # must not raise
     assert "微调后 tuned failed: RuntimeError" in cell.error.value and "out of memory" in cell.error.value

@@ -12,8 +12,8 @@ import io
 
 import pytest
 
-from helpers import noise_image
-from labkit.chat import ChatEngine, Sampling, TransformersEngine
+from helpers import failing_engine, noise_image
+from labkit.chat import Sampling, TransformersEngine
 from labkit.chat.widget import ChatCell
 
 CSS = {
@@ -163,24 +163,10 @@ def test_clear_forgets_the_turns_but_keeps_the_picture(cell):
     assert cell.session.history[0][0] == "<image>\n再看看"
 
 
-class FailingEngine(ChatEngine):
-    """An engine whose model breaks halfway through an answer (a crash the cell must survive)."""
-
-    backend = "failing"
-
-    def __init__(self):
-        self.calls = 0
-
-    def _stream(self, question, history, picture, settings):
-        self.calls += 1
-        yield "半"
-        if self.calls == 1:
-            raise RuntimeError("CUDA out of memory (pretend)")
-        yield "个答案"
 
 
 def test_a_model_crash_shows_in_the_error_area_and_the_cell_recovers():
-    cell = ChatCell(FailingEngine())
+    cell = ChatCell(failing_engine())
     send(cell, "这是什么菜？")  # must not raise
     assert "RuntimeError" in cell.error.value and "out of memory" in cell.error.value
     assert cell.reply.value == ""  # no half answer left with a writing cursor
