@@ -51,6 +51,8 @@ COMMANDS = {
                     "ask a checkpoint one question, optionally about a picture"),
     "serve": Command("labkit.chat.server:main",
                      "serve a checkpoint through an OpenAI-compatible HTTP API"),
+    "deploy": Command("labkit.chat.deploy:main",
+                      "serve model folders with LMDeploy on a CUDA GPU (sets up its environment once)"),
     "demo": Command("labkit.chat.demo:main",
                     "chat with a checkpoint in the browser (gradio)"),
 }

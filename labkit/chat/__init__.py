@@ -10,7 +10,8 @@ In a notebook::
 
 The modules, in reading order: ``inputs`` (checks, :class:`Sampling`), ``prompt`` (the one
 prompt builder), ``engine`` (the interface, :func:`make_engine`), one module per engine,
-``session``, then ``widget``, ``demo``, ``server`` and ``cli`` on top. The names below load
+``session``, then ``widget``, ``demo``, ``server``, ``deploy`` (LMDeploy's servers on a GPU)
+and ``cli`` on top. The names below load
 their module on first use, so ``import labkit.chat`` stays cheap (no torch).
 """
 from __future__ import annotations

@@ -56,16 +56,20 @@ def dish_gallery(annotation, image_folder) -> dict[str, Path]:
     return {name: first[name] for name in dish_names() if name in first}
 
 
-def compare_cell(base_dir, tuned_dir, gallery=None, device=None, max_new_tokens=64, **cell_options):
-    """A :class:`CompareCell` on the models in two folders (transformers engines, on ``device``).
+def compare_cell(base_dir, tuned_dir, gallery=None, device=None, max_new_tokens=64, server="", **cell_options):
+    """A :class:`CompareCell` on the models in two folders: transformers engines on ``device``, or
+    the two models served at ``server`` (``labkit deploy BASE TUNED`` on a GPU).
 
-    Always transformers: two LMDeploy pipelines in one kernel would each reserve most of the GPU.
+    Not LMDeploy in the kernel: two LMDeploy pipelines in one kernel would each reserve most of the
+    GPU; ``labkit deploy`` serves both from one LMDeploy environment instead.
     """
     from labkit.chat.engine import make_engine
 
-    options = {} if device is None else {"device": device}
-    base = make_engine(base_dir, backend="transformers", **options)
-    tuned = make_engine(tuned_dir, backend="transformers", **options)
+    options = {"server": server} if server else {"backend": "transformers"}
+    if device is not None and not server:
+        options["device"] = device
+    base = make_engine(base_dir, **options)
+    tuned = make_engine(tuned_dir, **options)
     return CompareCell(base, tuned, pictures=gallery, settings=Sampling(max_new_tokens=max_new_tokens),
                        **cell_options)
 

@@ -88,14 +88,20 @@ class ChatEngine:
         return f"{self.backend}, template {self.template}"
 
 
-def make_engine(model_dir, backend="auto", lmdeploy_backend="turbomind", **kwargs) -> ChatEngine:
+def make_engine(model_dir, backend="auto", lmdeploy_backend="turbomind", server="", **kwargs) -> ChatEngine:
     """The best engine for this machine; it says which one it picked.
 
     ``auto`` takes LMDeploy when a CUDA GPU and the ``lmdeploy`` package are both present,
     else transformers (on the GPU if there is one). The choice and its reason are printed and
     kept in ``engine.picked``. ``lmdeploy_backend`` ("turbomind" or "pytorch") is LMDeploy's
     own engine; other keyword arguments go to the engine class.
+
+    ``server``, the address of a server that ``labkit deploy`` (LMDeploy, GPU) or ``labkit serve``
+    started, overrides the rest: the engine is then an OpenAI client of the model served there
+    under the folder's name, and nothing is loaded here.
     """
+    if server:
+        return _served_engine(model_dir, server, kwargs.get("system"))
     import torch
 
     cuda = torch.cuda.is_available()
@@ -127,6 +133,19 @@ def make_engine(model_dir, backend="auto", lmdeploy_backend="turbomind", **kwarg
         engine = TransformersEngine(model_dir, **kwargs)
     else:
         raise ValueError(f"backend={backend!r}: use 'auto', 'transformers' or 'lmdeploy'.")
+    return _announce(engine, reason)
+
+
+def _served_engine(model_dir, server, system=None) -> ChatEngine:
+    from labkit.chat.deploy import served_name
+    from labkit.chat.openai_engine import OpenAIEngine
+
+    engine = OpenAIEngine(server, model=served_name(model_dir), system=system, folder=model_dir)
+    engine.check_served()
+    return _announce(engine, f"chat_server={engine.base_url!r}")
+
+
+def _announce(engine, reason) -> ChatEngine:
     engine.picked = f"{engine.description} ({reason})"
     message = f"labkit.chat: using {engine.picked}"
     log.info(message)

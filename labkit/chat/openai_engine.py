@@ -12,23 +12,45 @@ import urllib.request
 from labkit.chat.engine import ChatEngine
 from labkit.chat.inputs import ChatInputError
 from labkit.chat.prompt import clean_answer, openai_messages
-from labkit.tiling import DEFAULT_MAX_PIXELS
+from labkit.tiling import DEFAULT_MAX_PIXELS, tiling_from_config
 
 
 class OpenAIEngine(ChatEngine):
     """A client for an OpenAI-compatible ``/v1/chat/completions`` server, standard library only.
 
     The server renders the prompt with its own template, so :meth:`prompt` shows the request
-    labkit sends (the picture's data shortened), not the server's text.
+    labkit sends (the picture's data shortened). ``folder``, the served model's folder where it
+    is at hand, gives the engine the model's tiling and template: ``labkit deploy`` and ``labkit
+    serve`` prompt with the folder's template, so :meth:`prompt` then shows that text.
     """
 
     backend = "openai"
 
     def __init__(self, base_url="http://127.0.0.1:23333/v1", model=None, api_key="none", timeout=600,
-                 system=None, max_pixels=DEFAULT_MAX_PIXELS):
+                 system=None, max_pixels=DEFAULT_MAX_PIXELS, folder=None):
         self.base_url = check_base_url(base_url)
         self._model, self.api_key, self.timeout = model, api_key, timeout
         self.system, self.max_pixels, self.template = system, max_pixels, "the server's"
+        if folder is not None:  # served by labkit deploy or labkit serve: with the folder's own template
+            from labkit.chat.prompt import resolve_template
+            from labkit.checkpoints.remote_code import FolderTemplates
+            from labkit.fileio import read_config
+
+            config = read_config(folder)
+            self.tiling = tiling_from_config(config)
+            self.templates = FolderTemplates(folder)
+            self.template = resolve_template(config.get("template"), self.templates)
+
+    def check_served(self) -> None:
+        """ChatInputError unless the server lists the model this engine asks for."""
+        with self._open("/models") as response:
+            served = [model["id"] for model in json.load(response).get("data") or []]
+        if self._model is not None and self._model not in served:
+            raise ChatInputError(
+                f"The server at {self.base_url} serves {', '.join(map(repr, served)) or 'no model'}, not "
+                f"{self._model!r}. Serve that folder: `labkit deploy FOLDER` (GPU) or `labkit serve FOLDER` (CPU); "
+                "a model is served under its folder's name."
+            )
 
     @property
     def description(self):
@@ -61,8 +83,7 @@ class OpenAIEngine(ChatEngine):
         except urllib.error.URLError as err:
             raise ConnectionError(
                 f"No chat server answers at {self.base_url} ({err.reason}). Start one: "
-                "`labkit serve MODEL_DIR --port 23333` (CPU) or "
-                "`lmdeploy serve api_server MODEL_DIR --trust-remote-code --server-port 23333` (GPU)."
+                "`labkit serve MODEL_DIR --port 23333` (CPU) or `labkit deploy MODEL_DIR` (GPU, LMDeploy)."
             ) from None
 
     def _payload(self, question, history, picture, settings, stream):
@@ -102,6 +123,10 @@ class OpenAIEngine(ChatEngine):
                         yield piece
 
     def prompt(self, question, image=None, history=None, full=False) -> str:
+        """With the served folder known, the text its server renders (both servers labkit starts use
+        the folder's template); else the request labkit sends."""
+        if self.templates is not None:
+            return super().prompt(question, image, history, full)
         placed, turns, picture, _ = self._prepare(question, image, history, None)
         messages = openai_messages(placed, turns, picture, self.system)
         text = json.dumps(messages, ensure_ascii=False, indent=2)

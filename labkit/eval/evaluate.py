@@ -143,11 +143,13 @@ def ask(model, tokenizer, image_path, question, max_new_tokens=16):
         return model.chat(tokenizer, pixels, question, config)
 
 
-def evaluate(model_dir, annotation, image_folder, max_new_tokens=16, limit=None, model=None) -> Report:
+def evaluate(model_dir, annotation, image_folder, max_new_tokens=16, limit=None, model=None, server="") -> Report:
     """Answer every question of ``annotation`` with the model in ``model_dir``; return a `Report`.
 
-    ``model`` may be an already loaded ``(model, tokenizer)`` pair to skip loading. The annotation
-    file is validated (``labkit.data.validate``) before the model is loaded.
+    ``model`` may be an already loaded ``(model, tokenizer)`` pair to skip loading. ``server``, the
+    address of ``labkit deploy`` or ``labkit serve``, has the model served there answer instead
+    (greedy, the same prompt). The annotation file is validated (``labkit.data.validate``) before
+    the model is loaded.
     """
     import time
 
@@ -166,11 +168,22 @@ def evaluate(model_dir, annotation, image_folder, max_new_tokens=16, limit=None,
         if sample.dish is None:
             raise ValueError(f"{annotation}: sample {sample.id}: the reference answer {sample.answer!r} names no dish "
                              "of the dish table (labkit/data/dishes.py); fix the answer or leave the sample out.")
-    model, tokenizer = model if model is not None else load_checkpoint(model_dir)
+    if server:
+        from labkit.chat import Sampling, make_engine
+
+        engine, greedy = make_engine(model_dir, server=server), Sampling(max_new_tokens=max_new_tokens)
+
+        def answer_of(image, question):
+            return engine.ask(question, image=image, settings=greedy)
+    else:
+        model, tokenizer = model if model is not None else load_checkpoint(model_dir)
+
+        def answer_of(image, question):
+            return ask(model, tokenizer, image, question, max_new_tokens)
     started = time.monotonic()
     report = Report(model_dir=str(model_dir), annotation=str(annotation))
     for sample in samples:
-        answer = ask(model, tokenizer, inside(image_folder, sample.image), sample.question, max_new_tokens)
+        answer = answer_of(inside(image_folder, sample.image), sample.question)
         report.answers.append(Answer(sample.image, sample.question, sample.dish, answer, answer_dish(answer)))
     report.seconds = round(time.monotonic() - started, 1)
     return report
