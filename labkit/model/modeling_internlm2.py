@@ -153,8 +153,6 @@ class InternLM2Attention(nn.Module):
         if past_key_values is not None:
             # a static cache writes k and v at cache_position; a dynamic one appends them
             k, v = past_key_values.update(k, v, self.layer_idx, {"cache_position": cache_position})
-            if n == 1 and self.backend != "eager" and not output_attentions:
-                return self.wo(self.decode_attention(q, k, v, mask)), None
         # each key/value head serves `group` query heads
         k = k.repeat_interleave(self.group, dim=1)
         v = v.repeat_interleave(self.group, dim=1)
@@ -171,16 +169,6 @@ class InternLM2Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         out = out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
         return self.wo(out), weights
-
-
-    def decode_attention(self, q, k, v, mask):
-        """One new token against the cache, without copying the cache ``group`` times: the
-        ``group`` query heads of each key/value head are put side by side as rows of one query,
-        so every dot product is the one the repeated path computes. mask: (b, 1, 1, kv_len) or None."""
-        b = q.shape[0]
-        rows = q.view(b, self.num_kv_heads, self.group, self.head_dim)
-        out = F.scaled_dot_product_attention(rows, k, v, attn_mask=mask)
-        return out.reshape(b, 1, self.num_heads * self.head_dim)
 
 
 class InternLM2MLP(nn.Module):
