@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from labkit.chat.inputs import ChatInputError
-from labkit.fileio import REPO_ROOT, write_json
+from labkit.fileio import REPO_ROOT, write_json, write_text
 
 REQUIREMENTS = REPO_ROOT / "requirements" / "lmdeploy.txt"
 DEFAULT_ENV = REPO_ROOT / ".venv-lmdeploy"
@@ -109,7 +110,7 @@ class LMDeployEnv:
                 raise DeployError(f"setting up {self.path} failed at `{' '.join(command)}` (its output is above). "
                                   "Fix the cause and run labkit deploy again; it picks up where it stopped.")
             if command[1:3] == ["-m", "pip"]:
-                (self.path / STAMP).write_text(wanted + "\n")
+                write_text(self.path / STAMP, wanted + "\n")
         versions = self.versions()
         if versions is None:
             raise DeployError(f"LMDeploy does not import in {self.path}. Remove that folder and run labkit deploy "
@@ -160,6 +161,22 @@ class Deployment:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    def ports(self) -> list[int]:
+        return list(range(self.port, self.port + len(self.folders) + (1 if self.proxied else 0)))
+
+    def check_ports_free(self) -> None:
+        """DeployError naming the first port on 127.0.0.1 that another program holds."""
+        import socket
+
+        for port in self.ports():
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    raise DeployError(f"port {port} on 127.0.0.1 is in use (an earlier labkit deploy or labkit serve?): "
+                                      f"stop that server or choose another --port; this deployment needs ports "
+                                      f"{self.ports()[0]}-{self.ports()[-1]}.") from None
 
     def template_file(self, folder: Path) -> Path:
         return self.state / f"{served_name(folder)}.chat-template.json"
@@ -249,6 +266,7 @@ def deployed(folders, env=None, port=DEFAULT_PORT, backend="pytorch", timeout=90
         raise DeployError(NO_GPU)
     env = env if isinstance(env, LMDeployEnv) else LMDeployEnv(env or DEFAULT_ENV)
     deployment = Deployment(folders, env, port, backend, extra_args=extra_args)
+    deployment.check_ports_free()
     say(f"labkit deploy: LMDeploy {env.ensure(say)} in {env.path}")
     try:
         deployment.start(say)
@@ -276,6 +294,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
     env = LMDeployEnv(args.env, python=args.python)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` stops the servers too, as Ctrl-C does
     try:
         deployment = Deployment(args.model_dirs, env, args.port, args.backend)
         if args.dry_run:
@@ -292,6 +311,8 @@ def main(argv=None) -> int:
                 return 0
             stopped = next(name for name, process in running.processes if process.poll() is not None)
             raise DeployError(f"{stopped} stopped; the end of its log:\n{running.log_tail(stopped)}")
+    except KeyboardInterrupt:  # while setting up or waiting: the servers are stopped already
+        return 130
     except (DeployError, ChatInputError, ValueError) as err:
         print(f"labkit deploy: error: {err}", file=sys.stderr)
         return 2

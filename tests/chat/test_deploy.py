@@ -112,6 +112,18 @@ def test_bad_arguments_are_named_before_anything_runs(case, base_model_dir, tmp_
     assert expected in err
 
 
+def test_a_port_in_use_is_named_before_anything_starts(two_folders, tmp_path):
+    import socket
+
+    deployment = Deployment(two_folders, LMDeployEnv(tmp_path / "env"), port=30000)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        deployment.port = holder.getsockname()[1] - 1  # the proxy's port is free, the first server's is taken
+        with pytest.raises(DeployError, match=f"port {deployment.port + 1} on 127.0.0.1 is in use"):
+            deployment.check_ports_free()
+    assert deployment.processes == []
+
+
 def _venv(tmp_path, requirements_text="# nothing to install\n"):
     requirements = tmp_path / "lmdeploy.txt"
     requirements.write_text(requirements_text)
