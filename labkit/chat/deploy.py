@@ -78,7 +78,9 @@ class LMDeployEnv:
             return None
         probe = subprocess.run([str(self.bin("python")), "-c", VERSIONS], capture_output=True, text=True,
                                env=child_environment())
-        return json.loads(probe.stdout) if probe.returncode == 0 else None
+        if probe.returncode != 0 or not probe.stdout.strip():
+            return None
+        return json.loads(probe.stdout.strip().splitlines()[-1])  # the last line: an import may log before it
 
     def lmdeploy_version(self) -> str | None:
         versions = self.versions()
