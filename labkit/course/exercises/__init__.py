@@ -58,6 +58,16 @@ def wrong(message):
     return Verdict(False, message)
 
 
+def whole_number(answer):
+    """``(the number, None)`` for a whole-number answer (3, 3.0 or "3"), else ``(None, the wrong verdict)``."""
+    try:
+        if isinstance(answer, bool) or not float(answer).is_integer():
+            raise ValueError(f"{answer!r} is not a whole number")
+        return int(answer), None
+    except (TypeError, ValueError):
+        return None, wrong(f"答案应是一个整数 integer，得到的是 {answer!r}。")
+
+
 @dataclass
 class Exercise:
     """One exercise: what it asks, how its answer is judged, a hint and the reference solution.

@@ -6,7 +6,7 @@ answer: pixel shuffle from the loaded model's ``pixel_shuffle``, the token count
 """
 import functools
 
-from labkit.course.exercises import Exercise, bind, right, wrong
+from labkit.course.exercises import Exercise, bind, right, whole_number, wrong
 
 #: The photo of exercise 2: a 1080p phone screenshot.
 QUIZ_PHOTO = (1920, 1080)
@@ -70,22 +70,15 @@ def _internvl2_2b_tiling():
     return tiling_from_config(INTERNVL2_2B_CONFIG)
 
 
-def _as_int(answer):
-    if isinstance(answer, bool) or not float(answer).is_integer():
-        raise ValueError(f"{answer!r} is not a whole number")
-    return int(answer)
-
-
 def _judge_image_tokens(answer, context):
     tiling = _internvl2_2b_tiling()
     cols, rows = tiling.choose_grid(*QUIZ_PHOTO)
     tiles = tiling.count_tiles(*QUIZ_PHOTO)
     per_tile = tiling.tokens_per_tile
     expected = tiles * per_tile
-    try:
-        answer = _as_int(answer)
-    except (TypeError, ValueError):
-        return wrong(f"答案应是一个整数 integer，得到的是 {answer!r}。")
+    answer, refused = whole_number(answer)
+    if refused:
+        return refused
     if answer == expected:
         return right(f"{cols}×{rows} 个图块 tile + 1 张缩略图 thumbnail = {tiles} 块，每块 {per_tile} 个 token。")
     if answer == cols * rows * per_tile:
@@ -125,10 +118,9 @@ def _mlp1_of_internvl2_2b():
 def _judge_mlp1_parameters(answer, context):
     layers = _mlp1_of_internvl2_2b()
     expected = sum(sum(p.values()) for _, p in layers)
-    try:
-        answer = _as_int(answer)
-    except (TypeError, ValueError):
-        return wrong(f"答案应是一个整数 integer，得到的是 {answer!r}。")
+    answer, refused = whole_number(answer)
+    if refused:
+        return refused
     if answer == expected:
         parts = " + ".join(f"{name} {sum(p.values()):,}" for name, p in layers if p)
         return right(f"{expected:,} = {parts}。")

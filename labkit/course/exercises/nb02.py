@@ -5,7 +5,7 @@ prompt the engine renders (``engine.prompt(..., full=True)``), that prompt itsel
 ``labkit.data.answers.answer_dish`` on the base model's own answers in the run's
 ``baseline.json`` (plus a few fixed answers in the sentence form).
 """
-from labkit.course.exercises import Exercise, bind, right, wrong
+from labkit.course.exercises import Exercise, bind, right, whole_number, wrong
 
 #: The dish whose first test picture exercises 1 and 2 use (notebook 02 shows 肠粉's prompt).
 QUIZ_DISH = "虾饺"
@@ -40,12 +40,6 @@ def _engine_prompt(context):
     return context["engine"].prompt(context["question"], image=context["picture"], full=True)
 
 
-def _as_int(answer):
-    if isinstance(answer, bool) or not float(answer).is_integer():
-        raise ValueError(f"{answer!r} is not a whole number")
-    return int(answer)
-
-
 def _tiling_facts(context):
     tiling = context["engine"].tiling
     width, height = picture_size(context["picture"])
@@ -56,10 +50,9 @@ def _tiling_facts(context):
 # -- 1. how many <IMG_CONTEXT> ------------------------------------------------------------------
 def _judge_image_tokens(answer, context):
     expected = _engine_prompt(context).count(IMG_CONTEXT)
-    try:
-        answer = _as_int(answer)
-    except (TypeError, ValueError):
-        return wrong(f"答案应是一个整数 integer，得到的是 {answer!r}。")
+    answer, refused = whole_number(answer)
+    if refused:
+        return refused
     tiling, (width, height), (cols, rows) = _tiling_facts(context)
     per_tile = tiling.tokens_per_tile
     tiles = expected // per_tile

@@ -5,7 +5,7 @@ first did, with XTuner's own model type (``stock``: the course's GPU settings wi
 logits): its verdict for batch 4 on the notebook's ``gpu_budget``, the part of the plan that grows
 most from batch 2 to batch 4, and ``plan.lora_parameters`` for the LoRA adapters.
 """
-from labkit.course.exercises import Exercise, bind, right, wrong
+from labkit.course.exercises import Exercise, bind, right, whole_number, wrong
 
 #: Exercise 2's options: the parts of a plan (``Plan.rows()`` names) a student picks from.
 PARTS = {"A": "weights", "B": "trainable + optimizer", "C": "activations", "D": "logits"}
@@ -124,18 +124,11 @@ def _lora_facts(context):
     return shape, rank, plan.lora_parameters(shape, rank, plan.LLM_LINEARS)
 
 
-def _as_int(answer):
-    if isinstance(answer, bool) or not float(answer).is_integer():
-        raise ValueError(f"{answer!r} is not a whole number")
-    return int(answer)
-
-
 def _judge_lora(answer, context):
     shape, rank, expected = _lora_facts(context)
-    try:
-        answer = _as_int(answer)
-    except (TypeError, ValueError):
-        return wrong(f"答案应是一个整数 integer，得到的是 {answer!r}。")
+    answer, refused = whole_number(answer)
+    if refused:
+        return refused
     linears = shape.llm_linear_shapes()
     layers = shape.llm_layers
     if answer == expected:
