@@ -29,7 +29,7 @@ QUESTION = "图中的菜是什么？"
 
 def serve_rows(args, say):
     """Part 1, in the course environment."""
-    from labkit.chat import make_engine
+    from labkit.chat import Sampling, make_engine
     from labkit.chat.deploy import LMDeployEnv, deployed
     from labkit.course.workspace import Workspace
     from labkit.eval.evaluate import evaluate
@@ -49,8 +49,6 @@ def serve_rows(args, say):
             served_s = time.monotonic() - t0
             course = evaluate(folder, test, images, max_new_tokens=16)  # transformers, float32, CPU
             gpu = make_engine(folder, backend="transformers", device="cuda")  # bf16
-            from labkit.chat import Sampling
-
             greedy = Sampling(max_new_tokens=16)
             gpu_answers = [gpu.ask(a.question, image=Path(images) / a.image, settings=greedy) for a in course.answers]
             engine = make_engine(folder, server=running.url)

@@ -25,12 +25,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 from labkit.chat.inputs import ChatInputError
+from labkit.chat.openai_engine import OpenAIEngine, served_name
 from labkit.fileio import REPO_ROOT, write_json, write_text
 
 REQUIREMENTS = REPO_ROOT / "requirements" / "lmdeploy.txt"
@@ -43,11 +42,6 @@ VERSIONS = "import json, lmdeploy, transformers; print(json.dumps({'lmdeploy': l
 
 class DeployError(RuntimeError):
     """The deployment cannot go on; the message says why and what to do."""
-
-
-def served_name(folder) -> str:
-    """The model name a folder is served under (by ``labkit deploy`` and ``labkit serve``): its name."""
-    return Path(folder).resolve().name
 
 
 def needs_eager_mode(config) -> bool:
@@ -224,9 +218,8 @@ class Deployment:
     def served(self) -> list[str]:
         """The model names the address lists now ([] while it does not answer)."""
         try:
-            with urllib.request.urlopen(self.url + "/models", timeout=5) as response:
-                return [model["id"] for model in json.load(response).get("data", [])]
-        except (urllib.error.URLError, OSError, ValueError):
+            return OpenAIEngine(self.url, timeout=5).served_models()
+        except (ConnectionError, RuntimeError, ChatInputError, OSError, ValueError):
             return []
 
     def wait_ready(self, timeout=900.0, say=print) -> None:

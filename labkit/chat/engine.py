@@ -137,8 +137,7 @@ def make_engine(model_dir, backend="auto", lmdeploy_backend="turbomind", server=
 
 
 def _served_engine(model_dir, server, system=None) -> ChatEngine:
-    from labkit.chat.deploy import served_name
-    from labkit.chat.openai_engine import OpenAIEngine
+    from labkit.chat.openai_engine import OpenAIEngine, served_name
 
     engine = OpenAIEngine(server, model=served_name(model_dir), system=system, folder=model_dir)
     engine.check_served()

@@ -8,6 +8,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 from labkit.chat.engine import ChatEngine
 from labkit.chat.inputs import ChatInputError
@@ -41,10 +42,14 @@ class OpenAIEngine(ChatEngine):
             self.templates = FolderTemplates(folder)
             self.template = resolve_template(config.get("template"), self.templates)
 
+    def served_models(self) -> list[str]:
+        """The model names the server's ``/models`` lists."""
+        with self._open("/models") as response:
+            return [model["id"] for model in json.load(response).get("data") or []]
+
     def check_served(self) -> None:
         """ChatInputError unless the server lists the model this engine asks for."""
-        with self._open("/models") as response:
-            served = [model["id"] for model in json.load(response).get("data") or []]
+        served = self.served_models()
         if self._model is not None and self._model not in served:
             raise ChatInputError(
                 f"The server at {self.base_url} serves {', '.join(map(repr, served)) or 'no model'}, not "
@@ -60,11 +65,10 @@ class OpenAIEngine(ChatEngine):
     def model(self) -> str:
         """The model name to request; asked from the server's /models when not given."""
         if self._model is None:
-            with self._open("/models") as response:
-                models = json.load(response).get("data") or []
+            models = self.served_models()
             if not models:
                 raise ChatInputError(f"{self.base_url}/models lists no model; is the server still loading?")
-            self._model = models[0]["id"]
+            self._model = models[0]
         return self._model
 
     def _open(self, path, payload=None):
@@ -134,6 +138,11 @@ class OpenAIEngine(ChatEngine):
             return text
         return re.sub(r'"data:([^;"]+);base64,([^"]{40})[^"]*"',
                       lambda m: f'"data:{m.group(1)};base64,{m.group(2)}..."', text)
+
+
+def served_name(folder) -> str:
+    """The model name a folder is served under, by ``labkit deploy`` and ``labkit serve``: its name."""
+    return Path(folder).resolve().name
 
 
 def check_base_url(base_url) -> str:

@@ -25,7 +25,6 @@ import sys
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 from labkit.chat.inputs import IMAGE_MARKER, ChatInputError, Sampling
 
@@ -299,6 +298,7 @@ def main(argv=None):
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port}: a port is a number from 0 to 65535 (0: any free port).")
 
+    from labkit.chat.openai_engine import served_name
     from labkit.chat.prompt import resolve_template
     from labkit.chat.transformers_engine import TransformersEngine
     from labkit.checkpoints.folder import CheckpointError, check_model_folder
@@ -308,7 +308,7 @@ def main(argv=None):
         check_model_folder(args.model_dir)
         if args.template:
             resolve_template(args.template)
-        server = listen(args.host, args.port, args.model_name or Path(args.model_dir).name, args.quiet)
+        server = listen(args.host, args.port, args.model_name or served_name(args.model_dir), args.quiet)
     except (CheckpointError, ChatInputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
