@@ -233,3 +233,63 @@ def test_notebook_02_with_chat_server_answers_through_the_server(served_base, ba
     assert runs["served"]["engine"].startswith("openai client of " + served_base)
     assert [a["answer"] for a in runs["served"]["answers"]] == [a["answer"] for a in runs["local"]["answers"]]
     assert runs["served"]["prompt"] == runs["local"]["prompt"]
+
+
+# -- starting, waiting and stopping the servers ---------------------------------------------------
+STAND_IN = '''#!{python}
+"""A stand-in for `lmdeploy serve api_server` (LMDeploy needs a GPU): it checks the template file it
+is given, then serves the folder with labkit serve under the asked-for name and port."""
+import argparse, json, os, sys
+parser = argparse.ArgumentParser()
+parser.add_argument("serve"); parser.add_argument("kind"); parser.add_argument("folder")
+parser.add_argument("--server-port"); parser.add_argument("--model-name"); parser.add_argument("--chat-template")
+args, _ = parser.parse_known_args()
+json.load(open(args.chat_template, encoding="utf-8"))
+os.execv(sys.executable, [sys.executable, "-m", "labkit", "serve", args.folder, "--port", args.server_port,
+                          "--model-name", args.model_name, "--quiet"])
+'''
+
+
+def _stand_in(env_dir, text):
+    script = env_dir / "bin" / "lmdeploy"
+    script.parent.mkdir(parents=True)
+    script.write_text(text.format(python=sys.executable))
+    script.chmod(0o755)
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_started_deployment_answers_under_the_folders_name_and_stops(base_model_dir, tmp_path):
+    _stand_in(tmp_path / "env", STAND_IN)
+    deployment = Deployment([base_model_dir], LMDeployEnv(tmp_path / "env"), port=_free_port())
+    said = []
+    try:
+        deployment.start(say=said.append)
+        deployment.wait_ready(timeout=180, say=said.append)
+        assert deployment.served() == [base_model_dir.resolve().name]
+        assert f"chat_server = {deployment.url!r}" in said[-1]
+        engine = make_engine(base_model_dir, server=deployment.url)
+        short = Sampling(max_new_tokens=8)
+        assert engine.ask("你好", settings=short) == TransformersEngine(base_model_dir).ask("你好", settings=short)
+        processes = [process for _, process in deployment.processes]
+    finally:
+        deployment.stop()
+    assert all(process.poll() is not None for process in processes) and deployment.processes == []
+    assert deployment.served() == []
+
+
+def test_a_server_that_dies_is_named_with_the_end_of_its_log(base_model_dir, tmp_path):
+    _stand_in(tmp_path / "env", "#!/bin/sh\necho 'CUDA out of memory while loading'\nexit 3\n")
+    deployment = Deployment([base_model_dir], LMDeployEnv(tmp_path / "env"), port=_free_port())
+    try:
+        deployment.start(say=lambda line: None)
+        with pytest.raises(DeployError, match=r"(?s)stopped \(exit code 3\) before it served.*CUDA out of memory"):
+            deployment.wait_ready(timeout=60, say=lambda line: None)
+    finally:
+        deployment.stop()
